@@ -1,44 +1,122 @@
-"""Samplers: pure functions ``sample_<method>(denoiser, x, grid, *, generator, callback, **options)`` over a
-precomputed descending grid of sigma-space levels, and one entry point :func:`sample`."""
+"""Samplers: pure functions ``sample_<method>(denoiser, x, grid, *, generator, callback, cond, **options)`` over a
+precomputed descending grid of sigma-space levels, and one entry point :func:`sample`.
+
+Every sampler sees only the denoiser contract ``D(x, sigma [B], **cond)`` and the probability-flow ODE
+``dx/dsigma = (x - D) / sigma`` (Karras et al. 2022); history lives in local variables and randomness comes only
+from ``generator`` (one ``torch.Generator`` or one per sample). See ``docs/samplers.md`` for the table of methods,
+orders, NFE and aliases.
+"""
 
 from __future__ import annotations
 
+import inspect
 from typing import Callable
 
 import torch
 from torch import Tensor
 
 from ..denoiser import DenoiserFn
-from .base import CountingDenoiser, SampleResult, prior_noise, randn_like
-from .grids import append_zero, karras_grid, uniform_t_grid
-from .ode import sample_euler, sample_heun
-from .stochastic import sample_ddpm
+from .adaptive import sample_adaptive
+from .base import CountingDenoiser, SampleResult, churn, prior_noise, randn_like
+from .dpm import (sample_dpm_solver, sample_dpmpp_2m, sample_dpmpp_2m_sde, sample_dpmpp_3m, sample_dpmpp_3m_sde,
+                  sample_dpmpp_multistep, sample_unipc)
+from .grids import (GRIDS, append_zero, ddpm_grid, karras_grid, log_snr_grid, make_grid, polyexponential_grid,
+                    uniform_t_grid)
+from .multistep import sample_ipndm, sample_lms
+from .ode import sample_euler, sample_heun, sample_midpoint, sample_rk4
+from .stochastic import sample_ddim, sample_ddpm, sample_edm, sample_euler_maruyama, sample_pc
 
 __all__ = [
-    "sample", "METHODS", "ALIASES", "SampleResult", "prior_noise", "randn_like",
-    "karras_grid", "uniform_t_grid", "append_zero", "sample_euler", "sample_heun", "sample_ddpm",
+    "sample", "METHODS", "ALIASES", "STOCHASTIC", "COND_KEYS", "resolve_method", "method_options", "SampleResult",
+    "prior_noise", "randn_like", "churn",
+    "karras_grid", "uniform_t_grid", "log_snr_grid", "polyexponential_grid", "ddpm_grid", "append_zero",
+    "make_grid", "GRIDS",
+    "sample_euler", "sample_heun", "sample_midpoint", "sample_rk4", "sample_lms", "sample_ipndm",
+    "sample_dpm_solver", "sample_dpmpp_2m", "sample_dpmpp_3m", "sample_dpmpp_2m_sde", "sample_dpmpp_3m_sde",
+    "sample_dpmpp_multistep", "sample_unipc", "sample_ddim", "sample_ddpm", "sample_edm",
+    "sample_euler_maruyama", "sample_pc", "sample_adaptive",
 ]
 
 #: every sampler by name
 METHODS: dict[str, Callable[..., Tensor]] = {
     "euler": sample_euler,
     "heun": sample_heun,
+    "midpoint": sample_midpoint,
+    "rk4": sample_rk4,
+    "lms": sample_lms,
+    "ipndm": sample_ipndm,
+    "dpm_solver": sample_dpm_solver,
+    "dpmpp_2m": sample_dpmpp_2m,
+    "dpmpp_3m": sample_dpmpp_3m,
+    "dpmpp_2m_sde": sample_dpmpp_2m_sde,
+    "dpmpp_3m_sde": sample_dpmpp_3m_sde,
+    "unipc": sample_unipc,
+    "adaptive": sample_adaptive,
+    "ddim": sample_ddim,
     "ddpm": sample_ddpm,
+    "edm": sample_edm,
+    "euler_maruyama": sample_euler_maruyama,
+    "pc": sample_pc,
 }
 
-#: names other ecosystems use for the same method
+#: methods that draw noise while sampling
+STOCHASTIC = frozenset({"ddpm", "edm", "euler_maruyama", "pc", "dpmpp_2m_sde", "dpmpp_3m_sde"})
+
+#: names other ecosystems use for the same method (k-diffusion, diffusers, ComfyUI/A1111, papers)
 ALIASES: dict[str, str] = {
-    "ddim": "euler",  # DDIM with eta = 0 is Euler in sigma-space
     "ancestral": "ddpm",
+    "euler_ancestral": "ddpm",
+    "euler_a": "ddpm",
+    "ddpm_ancestral": "ddpm",
+    "edm_stochastic": "edm",
+    "heun_edm": "heun",
+    "rk45": "adaptive",
+    "dopri5": "adaptive",
+    "dormand_prince": "adaptive",
+    "rk": "rk4",
+    "deis": "lms",  # rho-AB-DEIS in sigma-space is the linear multistep method
+    "ipndm_v": "lms",
+    "plms": "ipndm",
+    "pndm": "ipndm",
+    "dpm_2": "dpm_solver",
+    "dpmsolver": "dpm_solver",
+    "dpm_solver_singlestep": "dpm_solver",
+    "dpmpp_2m_karras": "dpmpp_2m",
+    "dpm++_2m": "dpmpp_2m",
+    "dpm++_3m": "dpmpp_3m",
+    "dpm_solver++": "dpmpp_2m",
+    "dpmsolver++": "dpmpp_2m",
+    "dpm++_2m_sde": "dpmpp_2m_sde",
+    "dpm++_3m_sde": "dpmpp_3m_sde",
+    "sde-dpmsolver++": "dpmpp_2m_sde",
+    "unipc_bh2": "unipc",
+    "uni_pc": "unipc",
+    "em": "euler_maruyama",
+    "reverse_sde": "euler_maruyama",
+    "reverse_diffusion": "euler_maruyama",
+    "predictor_corrector": "pc",
+    "langevin": "pc",
 }
+
+#: keyword arguments of :func:`sample` that are conditioning (passed to the denoiser), not sampler options
+COND_KEYS = frozenset({"class_labels", "labels", "y", "context", "encoder_hidden_states", "mask", "attention_mask"})
+_RESERVED = ("denoiser", "x", "grid", "generator", "callback", "cond")
 
 
 def resolve_method(method: str) -> str:
-    name = ALIASES.get(method, method)
+    """The canonical name of ``method`` (a key of :data:`METHODS` or :data:`ALIASES`, case-insensitive)."""
+    key = method.lower().replace("-", "_")
+    name = ALIASES.get(key, key)
     if name not in METHODS:
         valid = sorted(set(METHODS) | set(ALIASES))
         raise ValueError(f"unknown sampler {method!r}; valid: {', '.join(valid)}")
     return name
+
+
+def method_options(method: str) -> dict[str, object]:
+    """The options sampler ``method`` takes, with their defaults (e.g. ``{"order": 3, "variant": "bh2", ...}``)."""
+    params = inspect.signature(METHODS[resolve_method(method)]).parameters.values()
+    return {p.name: p.default for p in params if p.kind == p.KEYWORD_ONLY and p.name not in _RESERVED}
 
 
 def sample(
@@ -50,19 +128,49 @@ def sample(
     callback=None,
     return_result: bool = False,
     keep_trajectory: bool = False,
+    cond: dict | None = None,
     **options,
 ) -> Tensor | SampleResult:
     """Run sampler ``method`` from ``x`` (noise at ``grid[0]``) down the grid.
 
     Args:
-        denoiser: ``D(x, sigma [B], **cond)``.
-        x: initial state ``[B, ...]``, usually ``grid[0] * eps``.
-        grid: descending sigma-space levels ending at 0.
+        denoiser: ``D(x, sigma [B], **cond) -> x0_hat``.
+        x: initial state ``[B, ...]``, usually ``grid[0] * eps`` (see :func:`prior_noise`).
+        grid: descending sigma-space levels, normally ending at 0 (see :mod:`unidm.samplers.grids`).
+        method: a name in :data:`METHODS` or :data:`ALIASES`.
         generator: a ``torch.Generator`` or one per sample (see :func:`randn_like`).
-        return_result: return a :class:`SampleResult` with NFE (and trajectory if ``keep_trajectory``).
-        options: sampler options and conditioning (``class_labels=...``).
+        callback: called after every step with ``{"i", "x", "sigma", "sigma_next", "denoised"}``.
+        return_result: return a :class:`SampleResult` with the NFE (and trajectory if ``keep_trajectory``).
+        cond: conditioning passed to every denoiser call as keyword arguments.
+        options: the sampler's own options (see :func:`method_options`); the conditioning keys in
+            :data:`COND_KEYS` (``class_labels=...``) are also accepted here and moved into ``cond``.
+
+    Raises:
+        ValueError: for an unknown method or an option the sampler does not take (the message lists the valid
+            ones).
+
+    Example:
+        >>> import torch
+        >>> from unidm.oracles import GaussianOracle
+        >>> D = GaussianOracle(torch.zeros(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64))
+        >>> grid = karras_grid(10, 0.002, 80.0)
+        >>> res = sample(D, 80.0 * torch.randn(4, 2, dtype=torch.float64), grid, "dpmpp_3m", return_result=True)
+        >>> res.x.shape, res.nfe
+        (torch.Size([4, 2]), 10)
     """
-    fn = METHODS[resolve_method(method)]
+    name = resolve_method(method)
+    fn = METHODS[name]
+    valid = method_options(name)
+    cond = dict(cond or {})
+    for key in list(options):
+        if key in COND_KEYS and key not in valid:
+            cond[key] = options.pop(key)
+    bad = [k for k in options if k not in valid]
+    if bad:
+        raise ValueError(
+            f"unknown option(s) {', '.join(map(repr, bad))} for sampler {name!r}; valid: "
+            f"{', '.join(valid) or '(none)'}; conditioning goes in cond={{...}} or as one of {sorted(COND_KEYS)}"
+        )
     counted = CountingDenoiser(denoiser)
     trajectory: list[Tensor] = []
 
@@ -73,7 +181,7 @@ def sample(
             callback(info)
 
     with torch.no_grad():
-        out = fn(counted, x, grid.to(x.device), generator=generator, callback=cb, **options)
+        out = fn(counted, x, grid, generator=generator, callback=cb, cond=cond or None, **options)
     if return_result:
         return SampleResult(out, counted.nfe, trajectory)
     return out

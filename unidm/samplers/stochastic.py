@@ -1,30 +1,128 @@
-"""Stochastic samplers in sigma-space."""
+"""Stochastic samplers in sigma-space: each draws its noise through :func:`~unidm.samplers.base.randn_like`, so
+per-sample generators make a sample independent of its batch. A step that ends at ``sigma = 0`` is the
+deterministic ``x <- D(x, sigma)`` (no noise is added at the data end)."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
 
 from ..denoiser import DenoiserFn
-from .base import Callback, Generator, randn_like
+from .base import Callback, Generator, denoise, randn_like, report, sigma_list, to_d
+from .ode import sample_heun
 
-__all__ = ["sample_ddpm"]
+__all__ = ["sample_ddim", "sample_ddpm", "sample_edm", "sample_euler_maruyama", "sample_pc", "ancestral_step"]
 
 
-def sample_ddpm(denoiser: DenoiserFn, x: Tensor, grid: Tensor, *, generator: Generator = None,
-                callback: Callback = None, **cond) -> Tensor:
-    """Ancestral sampling (Ho et al. 2020, Algorithm 2) written in sigma-space: draw ``x_{i+1}`` from the Gaussian
-    posterior ``q(x_{sigma_{i+1}} | x_{sigma_i}, x0 = D)``, which for ``x = x0 + sigma eps`` has mean
-    ``x0 + (s'^2/s^2)(x - x0)`` and variance ``s'^2 (s^2 - s'^2) / s^2``. On DDPM's own grid this is exactly
-    DDPM's reverse step with its posterior variance beta-tilde."""
-    for i in range(len(grid) - 1):
-        s, s_next = grid[i].to(x.dtype), grid[i + 1].to(x.dtype)
-        denoised = denoiser(x, s.expand(x.shape[0]), **cond)
-        r2 = (s_next / s) ** 2
-        x = denoised + r2 * (x - denoised)
-        if s_next > 0:
-            std = s_next * torch.sqrt(1 - r2)
-            x = x + std * randn_like(x, generator)
-        if callback is not None:
-            callback({"i": i, "x": x, "sigma": s, "denoised": denoised})
+def ancestral_step(x: Tensor, denoised: Tensor, sigma: float, sigma_next: float, eta: float,
+                   generator: Generator, s_noise: float = 1.0) -> Tensor:
+    """Draw ``x(sigma_next)`` given ``x(sigma)`` and ``x0 ~ D``: the DDIM family (Song et al. 2021, eq. 12 and 16)
+    in sigma-space, ``x' = D + (sigma_down / sigma)(x - D) + sigma_up z`` with
+    ``sigma_up = eta sigma' sqrt(1 - sigma'^2/sigma^2)`` and ``sigma_down^2 = sigma'^2 - sigma_up^2``.
+    ``eta = 0`` is DDIM (Euler), ``eta = 1`` the DDPM posterior ``q(x_{sigma'} | x_sigma, x0 = D)``."""
+    if sigma_next == 0:
+        return denoised
+    sigma_up = min(sigma_next, eta * sigma_next * math.sqrt(max(0.0, 1 - (sigma_next / sigma) ** 2)))
+    sigma_down = math.sqrt(sigma_next**2 - sigma_up**2)
+    x = denoised + (sigma_down / sigma) * (x - denoised)
+    if sigma_up > 0:
+        x = x + s_noise * sigma_up * randn_like(x, generator)
+    return x
+
+
+def sample_ddim(
+    denoiser: DenoiserFn, x: Tensor, grid: Tensor, *, generator: Generator = None, callback: Callback = None,
+    cond: dict | None = None, eta: float = 0.0, s_noise: float = 1.0,
+) -> Tensor:
+    """DDIM with stochasticity ``eta`` (Song et al. 2021, "Denoising Diffusion Implicit Models", eq. 12 with
+    ``sigma_t(eta)`` of eq. 16), written in sigma-space: see :func:`ancestral_step`. Parameterization-free: on a
+    VP model's own grid it is exactly DDIM's update. NFE = N."""
+    sigmas = sigma_list(grid)
+    for i in range(len(sigmas) - 1):
+        denoised = denoise(denoiser, x, sigmas[i], cond)
+        x = ancestral_step(x, denoised, sigmas[i], sigmas[i + 1], eta, generator, s_noise)
+        report(callback, i, x, sigmas[i], sigmas[i + 1], denoised)
+    return x
+
+
+def sample_ddpm(
+    denoiser: DenoiserFn, x: Tensor, grid: Tensor, *, generator: Generator = None, callback: Callback = None,
+    cond: dict | None = None, s_noise: float = 1.0,
+) -> Tensor:
+    """Ancestral sampling (Ho et al. 2020, Algorithm 2) in sigma-space: draw ``x_{i+1}`` from the Gaussian
+    posterior ``q(x_{sigma_{i+1}} | x_{sigma_i}, x0 = D)``, mean ``D + (s'^2/s^2)(x - D)``, variance
+    ``s'^2 (1 - s'^2/s^2)``; on DDPM's own grid this is DDPM's reverse step with the posterior variance
+    beta-tilde. It equals DDIM with ``eta = 1`` and k-diffusion's ``euler_ancestral``. NFE = N."""
+    return sample_ddim(denoiser, x, grid, generator=generator, callback=callback, cond=cond, eta=1.0,
+                       s_noise=s_noise)
+
+
+def sample_edm(
+    denoiser: DenoiserFn, x: Tensor, grid: Tensor, *, generator: Generator = None, callback: Callback = None,
+    cond: dict | None = None, s_churn: float = 40.0, s_tmin: float = 0.05, s_tmax: float = 50.0,
+    s_noise: float = 1.0,
+) -> Tensor:
+    """EDM's stochastic sampler (Karras et al. 2022, Algorithm 2): churn (noise raised to
+    ``sigma_hat = (1 + gamma) sigma`` for ``sigma`` in ``[S_tmin, S_tmax]``) then a Heun step to the next level.
+    Defaults are EDM's ImageNet-64 values except ``S_noise = 1`` (EDM uses 1.003, which biases the
+    distribution slightly). NFE = 2 N - 1."""
+    return sample_heun(denoiser, x, grid, generator=generator, callback=callback, cond=cond, s_churn=s_churn,
+                       s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise)
+
+
+def sample_euler_maruyama(
+    denoiser: DenoiserFn, x: Tensor, grid: Tensor, *, generator: Generator = None, callback: Callback = None,
+    cond: dict | None = None, langevin: float = 1.0,
+) -> Tensor:
+    """Euler–Maruyama on the family of reverse SDEs of Karras et al. 2022, eq. 6,
+    ``dx = -sigma score dsigma - beta sigma^2 score dt + sqrt(2 beta) sigma dW`` with ``sigma = t`` and
+    ``beta = langevin / sigma``: ``langevin = 0`` is the probability-flow ODE (Euler), ``langevin = 1`` the
+    reverse-time SDE of Song et al. 2021 (eq. 6) for the VE process, larger values add Langevin-like
+    exploration. Step: ``x' = x + (1 + langevin)(sigma' - sigma)(x - D)/sigma + sqrt(2 langevin sigma
+    (sigma - sigma')) z``; first order (weak), needs many small steps. NFE = N."""
+    if langevin < 0:
+        raise ValueError(f"langevin must be >= 0, got {langevin}")
+    sigmas = sigma_list(grid)
+    for i in range(len(sigmas) - 1):
+        s, s_next = sigmas[i], sigmas[i + 1]
+        denoised = denoise(denoiser, x, s, cond)
+        if s_next == 0:
+            x = denoised
+        else:
+            x = x + (1 + langevin) * (s_next - s) * to_d(x, s, denoised)
+            if langevin > 0:
+                x = x + math.sqrt(2 * langevin * s * (s - s_next)) * randn_like(x, generator)
+        report(callback, i, x, s, s_next, denoised)
+    return x
+
+
+def _per_sample_norm(v: Tensor) -> Tensor:
+    return v.flatten(1).norm(dim=1).reshape(-1, *([1] * (v.ndim - 1)))
+
+
+def sample_pc(
+    denoiser: DenoiserFn, x: Tensor, grid: Tensor, *, generator: Generator = None, callback: Callback = None,
+    cond: dict | None = None, snr: float = 0.16, n_corrector: int = 1,
+) -> Tensor:
+    """Predictor–corrector sampling (Song et al. 2021, "Score-Based Generative Modeling through SDEs",
+    Algorithms 2 and 4, VE): at each level ``n_corrector`` Langevin steps
+    ``x <- x + e score + sqrt(2 e) z`` with ``e = 2 (snr |z| / |score|)^2`` (norms per sample, so a sample does
+    not depend on its batch), then the reverse-diffusion predictor
+    ``x' = x + (sigma^2 - sigma'^2) score + sqrt(sigma^2 - sigma'^2) z``. NFE = (1 + n_corrector) N."""
+    sigmas = sigma_list(grid)
+    for i in range(len(sigmas) - 1):
+        s, s_next = sigmas[i], sigmas[i + 1]
+        for _ in range(n_corrector):
+            score = (denoise(denoiser, x, s, cond) - x) / s**2
+            z = randn_like(x, generator)
+            step = 2 * (snr * _per_sample_norm(z) / _per_sample_norm(score).clamp_min(1e-30)) ** 2
+            x = x + step * score + torch.sqrt(2 * step) * z
+        denoised = denoise(denoiser, x, s, cond)
+        if s_next == 0:
+            x = denoised
+        else:
+            x = x + (1 - (s_next / s) ** 2) * (denoised - x) + math.sqrt(s**2 - s_next**2) * randn_like(x, generator)
+        report(callback, i, x, s, s_next, denoised)
     return x
