@@ -88,7 +88,7 @@ ALIASES: dict[str, str] = {
     "dpmsolver++": "dpmpp_2m",
     "dpm++_2m_sde": "dpmpp_2m_sde",
     "dpm++_3m_sde": "dpmpp_3m_sde",
-    "sde-dpmsolver++": "dpmpp_2m_sde",
+    "sde_dpmsolver++": "dpmpp_2m_sde",
     "unipc_bh2": "unipc",
     "uni_pc": "unipc",
     "em": "euler_maruyama",

@@ -104,20 +104,29 @@ def _per_sample_norm(v: Tensor) -> Tensor:
 
 def sample_pc(
     denoiser: DenoiserFn, x: Tensor, grid: Tensor, *, generator: Generator = None, callback: Callback = None,
-    cond: dict | None = None, snr: float = 0.16, n_corrector: int = 1,
+    cond: dict | None = None, snr: float = 0.16, n_corrector: int = 1, step_rule: str = "sigma",
 ) -> Tensor:
     """Predictor–corrector sampling (Song et al. 2021, "Score-Based Generative Modeling through SDEs",
-    Algorithms 2 and 4, VE): at each level ``n_corrector`` Langevin steps
-    ``x <- x + e score + sqrt(2 e) z`` with ``e = 2 (snr |z| / |score|)^2`` (norms per sample, so a sample does
-    not depend on its batch), then the reverse-diffusion predictor
-    ``x' = x + (sigma^2 - sigma'^2) score + sqrt(sigma^2 - sigma'^2) z``. NFE = (1 + n_corrector) N."""
+    Algorithms 2 and 4, VE): at each level ``n_corrector`` Langevin steps ``x <- x + e score + sqrt(2 e) z``,
+    then the reverse-diffusion predictor ``x' = x + (sigma^2 - sigma'^2) score + sqrt(sigma^2 - sigma'^2) z``.
+    NFE = (1 + n_corrector) N.
+
+    ``step_rule="song"`` is Song's ``e = 2 (snr |z| / |score|)^2`` with norms per sample (so a sample does not
+    depend on its batch); in high dimension ``|z| / |score|`` concentrates at ``sigma``, so the default
+    ``step_rule="sigma"``, ``e = 2 (snr sigma)^2``, takes the same steps without the blow-ups Song's ratio has in
+    low dimension, where ``|score|`` of a sample at a mode is near 0."""
+    if step_rule not in ("sigma", "song"):
+        raise ValueError(f"step_rule must be 'sigma' or 'song', got {step_rule!r}")
     sigmas = sigma_list(grid)
     for i in range(len(sigmas) - 1):
         s, s_next = sigmas[i], sigmas[i + 1]
         for _ in range(n_corrector):
             score = (denoise(denoiser, x, s, cond) - x) / s**2
             z = randn_like(x, generator)
-            step = 2 * (snr * _per_sample_norm(z) / _per_sample_norm(score).clamp_min(1e-30)) ** 2
+            if step_rule == "song":
+                step = 2 * (snr * _per_sample_norm(z) / _per_sample_norm(score).clamp_min(1e-30)) ** 2
+            else:
+                step = torch.full_like(_per_sample_norm(z), 2 * (snr * s) ** 2)
             x = x + step * score + torch.sqrt(2 * step) * z
         denoised = denoise(denoiser, x, s, cond)
         if s_next == 0:

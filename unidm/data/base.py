@@ -1,0 +1,88 @@
+"""The dataset container every family trains on, and the deterministic batch order."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["Dataset", "BatchOrder", "seed_for"]
+
+
+def seed_for(*parts: Any) -> int:
+    """A 63-bit seed derived from any tuple of parts, e.g. ``(seed, "data", epoch)`` (stable across runs)."""
+    h = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") & ((1 << 63) - 1)
+
+
+@dataclass
+class Dataset:
+    """In-memory train and held-out splits.
+
+    Attributes:
+        train, test: ``[N, ...]`` float tensors (vectors, images ``[N, C, H, W]``) or long tensors (tokens).
+        kind: ``"vector"``, ``"image"`` or ``"tokens"``; decides plots and metrics.
+        train_labels, test_labels: optional ``[N]`` class labels.
+        num_classes: 0 when unlabelled.
+        vocab_size: for tokens.
+        meta: anything else (e.g. ``"oracle"`` for analytic mixtures, ``"levels"`` for quantized pixels).
+    """
+
+    name: str
+    train: Tensor
+    test: Tensor
+    kind: str = "vector"
+    train_labels: Tensor | None = None
+    test_labels: Tensor | None = None
+    num_classes: int = 0
+    vocab_size: int = 0
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.train.shape[1:])
+
+    @property
+    def std(self) -> float:
+        return float(self.train.float().std())
+
+    def batch(self, indices: Tensor) -> dict[str, Tensor]:
+        out = {"x": self.train[indices]}
+        if self.train_labels is not None:
+            out["y"] = self.train_labels[indices]
+        return out
+
+
+class BatchOrder:
+    """Which training examples make global batch number ``step``: epochs of random permutations, each drawn
+    from ``(seed, epoch)`` alone, so any position in the stream can be recomputed on resume (no saved RNG).
+
+    With ``world_size > 1`` rank ``r`` takes every ``world_size``-th example of the global batch.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
+        if batch_size % world_size:
+            raise ValueError(f"batch_size {batch_size} is not divisible by world_size {world_size}")
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.rank, self.world_size = rank, world_size
+        self._epoch, self._perm = -1, None
+
+    def _permutation(self, epoch: int) -> Tensor:
+        if epoch != self._epoch:
+            g = torch.Generator().manual_seed(seed_for(self.seed, "data", epoch))
+            self._perm, self._epoch = torch.randperm(self.n, generator=g), epoch
+        return self._perm
+
+    def indices(self, step: int) -> Tensor:
+        """Indices of this rank's share of global batch ``step`` (positions ``step * batch_size`` onward)."""
+        start = step * self.batch_size
+        pos = torch.arange(start, start + self.batch_size)[self.rank :: self.world_size]
+        epochs, offsets = pos // self.n, pos % self.n
+        out = torch.empty_like(pos)
+        for e in epochs.unique().tolist():
+            m = epochs == e
+            out[m] = self._permutation(int(e))[offsets[m]]
+        return out

@@ -1,0 +1,3 @@
+"""Discrete datasets (token sequences): name -> builder returning a Dataset."""
+
+DISCRETE_DATASETS: dict = {}

@@ -1,0 +1,4 @@
+"""Image metrics and pictures."""
+
+IMAGE_EVALUATORS: dict = {}
+IMAGE_PLOTTERS: dict = {}

@@ -1,0 +1,3 @@
+"""Blur diffusion (inverse heat dissipation)."""
+
+BLUR_FAMILIES: dict = {}

@@ -1,0 +1,3 @@
+"""Noise-conditional classifiers for classifier guidance."""
+
+CLASSIFIER_FAMILIES: dict = {}

@@ -1,0 +1,3 @@
+"""Masked (absorbing) discrete diffusion."""
+
+MASKED_FAMILIES: dict = {}

@@ -1,0 +1,3 @@
+"""Sequence networks."""
+
+SEQUENCE_NETWORKS: dict = {}

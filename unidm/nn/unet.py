@@ -1,0 +1,3 @@
+"""Image networks."""
+
+IMAGE_NETWORKS: dict = {}

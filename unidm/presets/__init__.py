@@ -1,0 +1,26 @@
+"""Named run configs: ``unidm presets`` lists them; ``unidm train NAME`` runs one."""
+
+from __future__ import annotations
+
+import copy
+
+from ..config import RunConfig
+from .discrete import PRESETS as _DISCRETE
+from .guidance import PRESETS as _GUIDANCE
+from .images import PRESETS as _IMAGES
+from .toy import PRESETS as _TOY
+
+__all__ = ["PRESETS", "DEFAULT_PRESET", "get_preset"]
+
+PRESETS: dict[str, dict] = {**_TOY, **_IMAGES, **_DISCRETE, **_GUIDANCE}
+
+#: what `unidm train` runs with no preset named
+DEFAULT_PRESET = "moons-edm"
+
+
+def get_preset(name: str) -> RunConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; run `unidm presets` to list them (e.g. {DEFAULT_PRESET})")
+    d = copy.deepcopy(PRESETS[name])
+    d["name"] = name
+    return RunConfig.from_dict(d)

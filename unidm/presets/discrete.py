@@ -1,0 +1,3 @@
+"""Discrete and blur presets."""
+
+PRESETS: dict = {}

@@ -1,0 +1,3 @@
+"""Guidance presets (noise-conditional classifiers, conditional models)."""
+
+PRESETS: dict = {}

@@ -1,0 +1,3 @@
+"""Image presets."""
+
+PRESETS: dict = {}

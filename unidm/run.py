@@ -1,0 +1,80 @@
+"""Build a run from its config, and load a trained run folder back (weights only from safetensors)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+import torch
+
+from .config import RunConfig
+from .data import Dataset, build_dataset
+from .methods import FAMILIES, GenerativeModel
+from .train.checkpoint import CheckpointError, latest_checkpoint, load_safetensors
+from .utils import check_choice
+
+__all__ = ["Run", "build_data", "build_model", "load_run"]
+
+
+def build_data(cfg: RunConfig) -> Dataset:
+    opts = dict(cfg.data)
+    if "name" not in opts:
+        raise ValueError("data section needs a name, e.g. data.name=moons")
+    return build_dataset(opts.pop("name"), **opts)
+
+
+def build_model(cfg: RunConfig, data: Dataset) -> GenerativeModel:
+    check_choice(cfg.family, FAMILIES, "family")
+    return FAMILIES[cfg.family].from_config(cfg.model, cfg.method, data)
+
+
+@dataclass
+class Run:
+    """A trained run: its config, its model (EMA weights unless asked otherwise), its data, its folder."""
+
+    path: str
+    config: RunConfig
+    model: GenerativeModel
+    data: Dataset
+    step: int
+
+
+def load_run(path: str, device: str | torch.device = "cpu", weights: str = "ema") -> Run:
+    """Load ``path/config.json`` and ``path/model.safetensors`` (falling back to the newest whole checkpoint).
+
+    Raises ``CheckpointError`` for a corrupt or foreign weights file; nothing is ever unpickled.
+    """
+    if weights not in ("ema", "model"):
+        raise ValueError(f"weights must be 'ema' or 'model', got {weights!r}")
+    cfg_path = os.path.join(path, "config.json")
+    if not os.path.isfile(cfg_path):
+        raise FileNotFoundError(f"{path} is not a run folder (no config.json)")
+    with open(cfg_path) as f:
+        try:
+            cfg = RunConfig.from_dict(json.load(f))
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{cfg_path} is not valid JSON: {e}") from e
+    data = build_data(cfg)
+    model = build_model(cfg, data)
+    state, step = None, -1
+    wpath = os.path.join(path, "model.safetensors")
+    try:
+        tensors = load_safetensors(wpath)
+        state = {k[len(weights) + 1:]: v for k, v in tensors.items() if k.startswith(weights + ".")}
+        from safetensors import safe_open
+
+        with safe_open(wpath, "pt") as f:
+            step = int((f.metadata() or {}).get("step", -1))
+    except CheckpointError as e:
+        ck = latest_checkpoint(path)
+        if ck is None:
+            raise CheckpointError(f"{e}; and no whole checkpoint under {path}/state to fall back on") from e
+        print(f"warning: {e}; using {ck.path}")
+        state, step = (ck.ema if weights == "ema" else ck.model), ck.step
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"{wpath} does not match the model of {cfg_path}: missing {missing[:4]}, "
+                              f"unexpected {unexpected[:4]}")
+    model.to(device).eval()
+    return Run(path, cfg, model, data, step)

@@ -1,0 +1,31 @@
+"""Small helpers shared by every layer."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable
+
+__all__ = ["check_kwargs", "valid_kwargs", "check_choice"]
+
+
+def valid_kwargs(fn: Callable) -> list[str]:
+    """Names of the keyword arguments ``fn`` accepts (empty list plus ``*`` if it takes ``**kwargs``)."""
+    params = inspect.signature(fn).parameters.values()
+    return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+def check_kwargs(fn: Callable, options: dict[str, Any], what: str, exclude: tuple[str, ...] = ()) -> None:
+    """Raise ``ValueError`` naming the valid keys when ``options`` holds a key ``fn`` does not take."""
+    params = inspect.signature(fn).parameters.values()
+    if any(p.kind == p.VAR_KEYWORD for p in params):
+        return
+    valid = [k for k in valid_kwargs(fn) if k not in exclude]
+    bad = [k for k in options if k not in valid]
+    if bad:
+        raise ValueError(f"unknown {what}: {', '.join(map(repr, bad))}; valid: {', '.join(valid) or '(none)'}")
+
+
+def check_choice(value: str, choices, what: str) -> str:
+    if value not in choices:
+        raise ValueError(f"unknown {what} {value!r}; valid: {', '.join(sorted(choices))}")
+    return value
