@@ -1,0 +1,211 @@
+"""Samplers for masked (absorbing) diffusion: pure functions over a precomputed grid of ``alpha`` values.
+
+Both walk from all-MASK (``t = 1``) to data (``t = 0``) by predicting ``x0`` with the model's categorical
+``p(x0 | x_t)`` and corrupting it again to the next level, keeping what is already revealed:
+
+- :func:`sample_masked_ancestral` draws the exact reverse posterior: a masked token is revealed between ``t`` and
+  ``s < t`` with probability ``(alpha_s - alpha_t) / (1 - alpha_t)`` and its value drawn from ``p(x0^i | x_t)``
+  (Austin et al. 2021; Shi et al. 2024, MD4 Algorithm 2; Sahoo et al. 2024, MDLM Sec. 3.5).
+- :func:`sample_masked_greedy` reveals, at each step, the expected number of tokens, choosing the ones whose drawn
+  value is most probable (MaskGIT's confidence decoding, Chang et al. 2022, Sec. 3.2).
+
+The denoiser ``p(x0 | x_t)`` of an absorbing process depends on ``x_t`` only, not on ``t`` (the posterior of a
+masked token does not involve the schedule; Ou et al. 2024), so its output is cached per sequence and the network is
+called again only for sequences in which some token changed: with many steps most steps reveal nothing and cost no
+network evaluation (MDLM Sec. 3.5, "caching"). :class:`MaskedSample` reports the count.
+
+Randomness: ``generator`` is one ``torch.Generator`` or a list with one per sequence; with a list each sequence's
+draws come from its own generator only, so a sample does not depend on the batch it was drawn in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from ..processes.absorbing import unmask_probability
+
+__all__ = ["MaskedSample", "sample_masked_ancestral", "sample_masked_greedy", "MASKED_SAMPLERS"]
+
+#: ``denoise(x_t [b, L], rows [b]) -> probabilities of x0 [b, L, V]``: ``rows`` are the indices of these sequences
+#: in the batch (to pick their conditioning); unmasked positions of the output are ignored
+Denoise = Callable[[Tensor, Tensor], Tensor]
+
+
+@dataclass
+class MaskedSample:
+    """Result of a masked-diffusion sampler.
+
+    Attributes:
+        x: ``[n, L]`` tokens, no MASK left.
+        nfe: network calls on a batch (a step counts when at least one sequence needed the network).
+        evals_per_sample: mean number of network evaluations per sequence (what caching saves).
+        steps: number of grid steps.
+    """
+
+    x: Tensor
+    nfe: int
+    evals_per_sample: float
+    steps: int
+
+
+def _uniform(shape: tuple[int, ...], generator, device) -> Tensor:
+    """``U(0, 1)`` of ``shape = (n, ...)``; row ``i`` from ``generator[i]`` when a list is given."""
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != shape[0]:
+            raise ValueError(f"{len(generator)} generators for {shape[0]} sequences")
+        return torch.stack([torch.rand(shape[1:], generator=g, dtype=torch.float64) for g in generator]).to(device)
+    return torch.rand(shape, generator=generator, dtype=torch.float64).to(device)
+
+
+def _categorical(probs: Tensor, u: Tensor) -> Tensor:
+    """Inverse-CDF draw from ``probs [..., V]`` with uniforms ``u [...]``."""
+    cdf = probs.double().cumsum(-1)
+    cdf = cdf / cdf[..., -1:]
+    return torch.searchsorted(cdf, u[..., None].contiguous()).squeeze(-1).clamp_max(probs.shape[-1] - 1)
+
+
+class _CachedDenoiser:
+    """Calls ``denoise`` only on the rows flagged as changed since their last evaluation."""
+
+    def __init__(self, denoise: Denoise, n: int):
+        self.denoise, self.probs = denoise, None
+        self.nfe, self.row_evals = 0, 0
+        self.stale = None
+        self.n = n
+
+    def __call__(self, x: Tensor, cache: bool) -> Tensor:
+        if self.probs is None or not cache:
+            rows = torch.arange(self.n, device=x.device)
+        else:
+            rows = self.stale.nonzero().squeeze(-1)
+        if len(rows):
+            out = self.denoise(x[rows], rows)
+            if self.probs is None:
+                self.probs = out.new_zeros((self.n, *out.shape[1:]))
+            self.probs[rows] = out
+            self.nfe += 1
+            self.row_evals += len(rows)
+        return self.probs
+
+
+def _check_grid(alphas: Tensor) -> None:
+    if alphas.dim() != 1 or len(alphas) < 2:
+        raise ValueError("alphas must be a 1-D grid of at least two values from t = 1 down to t = 0")
+    if bool((alphas[1:] < alphas[:-1]).any()):
+        raise ValueError("alphas must be non-decreasing along the grid (t decreasing)")
+
+
+def _temper(probs: Tensor, temperature: float) -> Tensor:
+    if temperature == 1.0:
+        return probs
+    p = probs.clamp_min(1e-30) ** (1.0 / temperature)
+    return p / p.sum(-1, keepdim=True)
+
+
+def sample_masked_ancestral(
+    denoise: Denoise,
+    x: Tensor,
+    alphas: Tensor,
+    mask_id: int,
+    *,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
+    temperature: float = 1.0,
+    cache: bool = True,
+    callback: Callable[[int, Tensor], None] | None = None,
+) -> MaskedSample:
+    """Ancestral sampling of an absorbing diffusion (MD4 Algorithm 2).
+
+    Args:
+        denoise: ``(x_t [b, L], rows [b]) -> p(x0 | x_t) [b, L, V]``.
+        x: ``[n, L]`` starting tokens (all ``mask_id`` for unconditional generation; tokens already given stay).
+        alphas: ``[K + 1]`` values ``alpha_{t_0} <= ... <= alpha_{t_K}`` along the grid ``1 = t_0 > ... > t_K = 0``;
+            the last value should be 1 so that every token is revealed.
+        temperature: divides the log-probabilities of the categorical (1: the model's own).
+        cache: reuse the network output of sequences in which nothing changed.
+        callback: ``callback(k, x)`` after step ``k``.
+    """
+    _check_grid(alphas)
+    alphas = alphas.double()
+    x = x.clone()
+    n, length = x.shape
+    den = _CachedDenoiser(denoise, n)
+    stale = torch.ones(n, dtype=torch.bool, device=x.device)
+    for k in range(len(alphas) - 1):
+        masked = x == mask_id
+        if not bool(masked.any()):
+            break
+        den.stale = stale
+        probs = _temper(den(x, cache), temperature)
+        p_reveal = unmask_probability(alphas[k + 1], alphas[k])
+        u = _uniform((n, 2, length), generator, x.device)
+        reveal = masked & (u[:, 0] < p_reveal)
+        x = torch.where(reveal, _categorical(probs, u[:, 1]), x)
+        stale = reveal.any(-1)
+        if callback is not None:
+            callback(k, x)
+    return MaskedSample(x, den.nfe, den.row_evals / max(n, 1), len(alphas) - 1)
+
+
+def sample_masked_greedy(
+    denoise: Denoise,
+    x: Tensor,
+    alphas: Tensor,
+    mask_id: int,
+    *,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
+    temperature: float = 1.0,
+    randomness: float = 0.0,
+    cache: bool = True,
+    callback: Callable[[int, Tensor], None] | None = None,
+) -> MaskedSample:
+    """Confidence-ordered decoding (MaskGIT, Chang et al. 2022, Sec. 3.2 and eq. 1).
+
+    At the step from ``t`` to ``s`` the number of masked tokens is brought down to ``floor(L (1 - alpha_s))``
+    (so a step may reveal none): a value is drawn for every masked position (``temperature = 0``: the most probable
+    value), and the positions whose value has the highest probability are revealed. ``randomness > 0`` adds
+    ``randomness * (1 - progress)`` times Gumbel noise to the log-confidences (MaskGIT's annealed choice
+    temperature).
+    """
+    _check_grid(alphas)
+    alphas = alphas.double()
+    x = x.clone()
+    n, length = x.shape
+    den = _CachedDenoiser(denoise, n)
+    stale = torch.ones(n, dtype=torch.bool, device=x.device)
+    steps = len(alphas) - 1
+    for k in range(steps):
+        masked = x == mask_id
+        if not bool(masked.any()):
+            break
+        den.stale = stale
+        probs = den(x, cache)
+        u = _uniform((n, 2, length), generator, x.device)
+        if temperature == 0:
+            value = probs.argmax(-1)
+        else:
+            value = _categorical(_temper(probs, temperature), u[:, 0])
+        conf = probs.gather(-1, value[..., None]).squeeze(-1).double().clamp_min(1e-30).log()
+        if randomness > 0:
+            gumbel = -torch.log(-torch.log(u[:, 1].clamp(1e-12, 1 - 1e-12)))
+            conf = conf + randomness * (1 - k / steps) * gumbel
+        conf = torch.where(masked, conf, torch.full_like(conf, -float("inf")))
+        target = int(torch.floor(length * (1 - alphas[k + 1]) + 1e-9)) if k < steps - 1 else 0
+        n_reveal = (masked.sum(-1) - target).clamp_min(0)
+        rank = conf.argsort(-1, descending=True).argsort(-1)
+        reveal = masked & (rank < n_reveal[:, None])
+        x = torch.where(reveal, value, x)
+        stale = reveal.any(-1)
+        if callback is not None:
+            callback(k, x)
+    return MaskedSample(x, den.nfe, den.row_evals / max(n, 1), steps)
+
+
+#: sampler name -> function ``(denoise, x, alphas, mask_id, *, generator, **options) -> MaskedSample``
+MASKED_SAMPLERS: dict[str, Callable[..., MaskedSample]] = {
+    "ancestral": sample_masked_ancestral,
+    "greedy": sample_masked_greedy,
+}
