@@ -10,21 +10,20 @@ __all__ = ["MLP"]
 
 
 class _Block(nn.Module):
+    """``h + SiLU(W h + E emb)``: one hidden layer with an additive noise/class embedding and a skip."""
+
     def __init__(self, hidden: int, emb_dim: int):
         super().__init__()
-        self.norm = nn.LayerNorm(hidden)
-        self.fc1 = nn.Linear(hidden, hidden)
+        self.fc = nn.Linear(hidden, hidden)
         self.emb = nn.Linear(emb_dim, hidden)
-        self.fc2 = nn.Linear(hidden, hidden)
-        self.act = nn.SiLU()
 
     def forward(self, h: Tensor, emb: Tensor) -> Tensor:
-        z = self.act(self.fc1(self.norm(h)) + self.emb(emb))
-        return h + self.fc2(z)
+        return h + nn.functional.silu(self.fc(h) + self.emb(emb))
 
 
 class MLP(nn.Module):
-    """Residual MLP ``F(x_in [B, dim], c_noise [B], class_labels [B] | None) -> [B, dim]``.
+    """Residual MLP ``F(x_in [B, dim], c_noise [B], class_labels [B] | None) -> [B, dim]``: ``depth`` hidden layers
+    of width ``hidden``, each ``h + SiLU(W h + E emb)`` with the embedding of ``c_noise`` (and the class).
 
     Args:
         dim: data dimension.
@@ -57,7 +56,6 @@ class MLP(nn.Module):
         self.class_emb = nn.Embedding(num_classes + 1, emb_dim) if num_classes > 0 else None
         self.inp = nn.Linear(dim, hidden)
         self.blocks = nn.ModuleList(_Block(hidden, emb_dim) for _ in range(depth))
-        self.out_norm = nn.LayerNorm(hidden)
         self.out = nn.Linear(hidden, dim)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
@@ -71,4 +69,4 @@ class MLP(nn.Module):
         h = self.inp(x.float())
         for block in self.blocks:
             h = block(h, emb)
-        return self.out(nn.functional.silu(self.out_norm(h)))
+        return self.out(h)
