@@ -1,0 +1,148 @@
+"""Guided sampling from the command line: ``unidm sample DIR --class K --guidance cfg|classifier --scale W``.
+
+The noise-conditional classifier is trained like any run (``unidm train digits-classifier --out runs/clf``, family
+``classifier``); this module turns a loaded run and the flags into the denoiser ``generate`` should use.
+
+The lead wires this into ``unidm/cli.py`` as::
+
+    # build_parser, after the other `sample` arguments:
+    guidance.add_sample_arguments(sp)
+    # cmd_sample, once the run is loaded, then **extra into every run.model.generate(...) call:
+    extra = guidance.generate_options(run, args)
+    # cmd_train, in place of the sample picture for a classifier run:
+    if cfg.family == "classifier": print(guidance.classifier_summary(run)); return 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import warnings
+
+import torch
+
+from ..denoiser import DenoiserFn
+from ..guidance import ClassifierFreeGuidance, ClassifierGuidance
+
+__all__ = ["GUIDANCE", "guided_denoiser_for", "load_classifier", "add_sample_arguments", "generate_options",
+           "classifier_summary"]
+
+#: the values of ``--guidance``
+GUIDANCE = ("cfg", "classifier")
+
+
+def load_classifier(path: str, device: str | torch.device = "cpu"):
+    """The EMA weights of a ``family="classifier"`` run folder, as a :class:`NoisyClassifier` in eval mode."""
+    from ..methods.classifier import NoisyClassifier
+    from ..run import load_run
+
+    run = load_run(path, device=device)
+    if not isinstance(run.model, NoisyClassifier):
+        raise ValueError(f"--classifier {path} is a {run.config.family!r} run, not a noise-conditional classifier "
+                         "(train one with e.g. `unidm train digits-classifier --out DIR`)")
+    return run
+
+
+def guided_denoiser_for(run, guidance: str, scale: float, classifier_dir: str | None = None,
+                        sigma_lo: float = 0.0, sigma_hi: float = math.inf, rescale: float = 0.0) -> DenoiserFn:
+    """The guided denoiser of a loaded Gaussian ``run`` (:func:`unidm.run.load_run`).
+
+    Args:
+        guidance: ``"cfg"`` (the run must be class-conditional with label dropout) or ``"classifier"`` (the
+            run's own unconditional prediction, i.e. its null label if it is conditional, plus the gradient of the
+            classifier in ``classifier_dir``).
+        scale: the guidance weight ``w`` (0 unconditional, 1 conditional; see :mod:`unidm.guidance`).
+        sigma_lo, sigma_hi: the guidance interval; ``rescale``: CFG rescale ``phi`` (cfg only).
+
+    Returns a callable ``D(x, sigma, class_labels=...)`` to pass as ``run.model.generate(..., denoiser=D,
+    class_labels=K)``.
+    """
+    model = run.model
+    base = getattr(model, "denoiser", None)
+    if base is None:
+        raise ValueError(f"guidance needs a Gaussian diffusion/flow run; {run.path} is family "
+                         f"{run.config.family!r}")
+    num_classes = int(getattr(model, "num_classes", 0))
+    label_dropout = float(getattr(model, "label_dropout", 0.0))
+    if guidance == "cfg":
+        if num_classes == 0:
+            raise ValueError(f"--guidance cfg needs a class-conditional run trained with label dropout; {run.path} "
+                             "is unconditional (train with method.conditional=true method.label_dropout=0.1, or use "
+                             "--guidance classifier --classifier DIR)")
+        if label_dropout <= 0:
+            raise ValueError(f"--guidance cfg: {run.path} was trained without label dropout, so its null label "
+                             "(the unconditional model) was never trained; retrain with method.label_dropout=0.1")
+        return ClassifierFreeGuidance(base, scale, sigma_lo, sigma_hi, rescale=rescale, null_label=num_classes)
+    if guidance == "classifier":
+        if classifier_dir is None:
+            raise ValueError("--guidance classifier needs --classifier DIR (a run trained with family=classifier)")
+        if rescale:
+            raise ValueError("--rescale applies to classifier-free guidance only")
+        clf_run = load_classifier(classifier_dir, device=model.device)
+        clf = clf_run.model
+        shape = tuple(getattr(model, "data_shape", ()))
+        if shape and tuple(clf.data_shape) != shape:
+            raise ValueError(f"classifier {classifier_dir} was trained on data of shape {tuple(clf.data_shape)}, "
+                             f"the model on {shape}")
+        if num_classes and clf.num_classes != num_classes:
+            raise ValueError(f"classifier has {clf.num_classes} classes, the model {num_classes}")
+        if clf_run.config.data.get("name") != run.config.data.get("name"):
+            warnings.warn(f"classifier trained on {clf_run.config.data.get('name')!r}, model on "
+                          f"{run.config.data.get('name')!r}", stacklevel=2)
+        if num_classes and label_dropout <= 0:
+            raise ValueError(f"{run.path} is class-conditional without label dropout, so it has no unconditional "
+                             "prediction for classifier guidance to start from; use --guidance cfg or a model "
+                             "trained with method.label_dropout > 0")
+        return ClassifierGuidance(base, clf, scale, sigma_lo, sigma_hi)
+    raise ValueError(f"unknown guidance {guidance!r}; valid: {', '.join(GUIDANCE)}")
+
+
+def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``unidm sample`` flags of conditional and guided sampling."""
+    parser.add_argument("--class", dest="class_label", type=int, metavar="K",
+                        help="draw samples of class K (a conditional run alone: the conditional model, w = 1)")
+    parser.add_argument("--guidance", choices=GUIDANCE, help="cfg (classifier-free) or classifier; needs --class")
+    parser.add_argument("--scale", type=float, default=1.0,
+                        help="guidance weight w: 0 unconditional, 1 conditional, >1 stronger (Ho & Salimans' "
+                             "w is W - 1)")
+    parser.add_argument("--classifier", metavar="DIR", help="noise-conditional classifier run (--guidance classifier)")
+    parser.add_argument("--sigma-lo", type=float, default=0.0, help="guidance interval, lower sigma (default 0)")
+    parser.add_argument("--sigma-hi", type=float, default=math.inf, help="guidance interval, upper sigma (default inf)")
+    parser.add_argument("--rescale", type=float, default=0.0, help="CFG rescale phi in [0, 1] (Lin et al. 2024)")
+
+
+def generate_options(run, args: argparse.Namespace) -> dict:
+    """``{"class_labels": K, "denoiser": D}`` (or ``{}``) for ``run.model.generate`` from the sample flags."""
+    k = getattr(args, "class_label", None)
+    guidance = getattr(args, "guidance", None)
+    if k is None:
+        if guidance is not None:
+            raise ValueError("--guidance needs --class K (the class to guide towards)")
+        if getattr(args, "classifier", None):
+            raise ValueError("--classifier is used with --class K --guidance classifier")
+        return {}
+    num_classes = int(getattr(run.model, "num_classes", 0))
+    if guidance is None:
+        if num_classes == 0:
+            raise ValueError(f"--class: {run.path} is unconditional; use --guidance classifier --classifier DIR")
+        if not 0 <= k < num_classes:
+            raise ValueError(f"--class {k} is out of range: the run has classes 0..{num_classes - 1}")
+        return {"class_labels": k}
+    opts = {"class_labels": k, "denoiser": guided_denoiser_for(run, guidance, args.scale, args.classifier,
+                                                               args.sigma_lo, args.sigma_hi, args.rescale)}
+    limit = num_classes or getattr(getattr(opts["denoiser"], "classifier", None), "num_classes", 0)
+    if limit and not 0 <= k < limit:
+        raise ValueError(f"--class {k} is out of range: classes are 0..{limit - 1}")
+    return opts
+
+
+@torch.no_grad()
+def classifier_summary(run, sigmas=(0.0, 0.1, 0.3, 1.0, 3.0), n: int = 2000, seed: int = 0) -> str:
+    """Held-out accuracy of a trained classifier run at a few noise levels, one line (for ``unidm train``)."""
+    data, clf = run.data, run.model
+    if data.test_labels is None:
+        return "classifier: no held-out labels to report accuracy on"
+    x, y = data.test[:n].to(clf.device), data.test_labels[:n]
+    g = torch.Generator().manual_seed(seed)
+    accs = [f"sigma={s:g}: {clf.accuracy(x, y, s, generator=g):.3f}" for s in sigmas]
+    return f"classifier held-out accuracy ({len(x)} examples): " + ", ".join(accs)
