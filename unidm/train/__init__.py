@@ -1,8 +1,13 @@
 """Training: one loop (:func:`train`), EMA, safe atomic checkpoints, multi-process via torchrun."""
 
-from .checkpoint import CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint, load_safetensors
+from .checkpoint import (
+    Checkpoint, CheckpointError, last_good_checkpoint, latest_checkpoint, list_checkpoints, load_checkpoint,
+    load_safetensors, param_digest, verify_checkpoint,
+)
+from .distributed import DistInfo
 from .ema import EMA
-from .loop import TrainingDiverged, TrainResult, lr_at, resolve_device, train
+from .loop import TrainingDiverged, TrainResult, lr_at, resolve_device, shard_seed, train
 
-__all__ = ["train", "TrainResult", "TrainingDiverged", "EMA", "CheckpointError", "latest_checkpoint",
-           "list_checkpoints", "load_checkpoint", "load_safetensors", "lr_at", "resolve_device"]
+__all__ = ["train", "TrainResult", "TrainingDiverged", "EMA", "DistInfo", "Checkpoint", "CheckpointError",
+           "latest_checkpoint", "last_good_checkpoint", "list_checkpoints", "load_checkpoint", "load_safetensors",
+           "verify_checkpoint", "param_digest", "lr_at", "resolve_device", "shard_seed"]

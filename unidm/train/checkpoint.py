@@ -1,10 +1,18 @@
 """Checkpoints that cannot run code and cannot be half-written.
 
-A checkpoint is a folder ``state/step_XXXXXXXX/`` holding ``model.safetensors`` (``model.*`` raw and ``ema.*``
-weights), ``optimizer.safetensors`` (the optimizer's tensors) and ``state.json`` (step, optimizer hyper-parameters
-and a SHA-256 of each file). It is written under a temporary name, fsynced and renamed, so a crash leaves the
-previous one whole; a file whose hash does not match is refused. Nothing is ever unpickled: weights come only from
-safetensors, everything else from JSON.
+A checkpoint is a folder ``state/step_XXXXXXXX/`` holding exactly three files:
+
+* ``model.safetensors``: ``model.*`` raw and ``ema.*`` weights;
+* ``optimizer.safetensors``: the optimizer's tensors (Adam moments, step counts);
+* ``state.json``: the step, the optimizer's hyper-parameters and scalars, extra run state (world size, loss
+  scaler, per-rank parameter digests) and a SHA-256 of each of the two weight files.
+
+It is written into a temporary folder, every file fsynced, then renamed into place, so a crash at any moment
+leaves either the previous checkpoints alone or the new one whole. A folder whose ``state.json`` does not parse,
+whose files do not match their SHA-256, or which holds any other file is refused with a message naming the file.
+
+Nothing is ever unpickled: weights come only from safetensors (a Rust parser that cannot execute code) and
+everything else from JSON, so a checkpoint handed over by a stranger cannot run code.
 """
 
 from __future__ import annotations
@@ -12,9 +20,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from safetensors import SafetensorError
@@ -22,14 +33,45 @@ from safetensors.torch import load_file, save_file
 
 __all__ = [
     "CheckpointError", "Checkpoint", "save_checkpoint", "load_checkpoint", "latest_checkpoint", "list_checkpoints",
-    "atomic_write_bytes", "atomic_save_safetensors", "load_safetensors", "FORMAT",
+    "verify_checkpoint", "last_good_checkpoint", "checkpoint_path", "clean_temporaries", "param_digest",
+    "atomic_write_bytes", "atomic_save_safetensors", "load_safetensors", "fault_point", "FORMAT",
 ]
 
 FORMAT = "unidm-checkpoint-1"
+WEIGHT_FILES = ("model.safetensors", "optimizer.safetensors")
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+_TMP_PREFIX = ".tmp-"
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint file is missing, corrupt, truncated or not a unidm safetensors/JSON file."""
+
+
+def fault_point(name: str) -> None:
+    """Sleep here if ``UNIDM_FAULT_SLEEP`` asks for it (``"checkpoint=2,step=0.05"``, seconds per point).
+
+    A testing hook: it widens the window in which a test's SIGKILL lands inside a checkpoint write or a step.
+    Points: ``checkpoint`` (inside a checkpoint write, after the weights, before ``state.json`` and the rename)
+    and ``step`` (after each optimizer step). Unset, it costs one environment lookup.
+    """
+    spec = os.environ.get("UNIDM_FAULT_SLEEP")
+    if not spec:
+        return
+    for item in spec.split(","):
+        key, _, value = item.partition("=")
+        if key.strip() == name:
+            time.sleep(float(value))
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _publish_mode(path: str, directory: bool = False) -> None:
+    """Give a temporary file or folder the permissions a plain ``open``/``mkdir`` would (mkstemp makes them 0600)."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
 
 
 def _fsync_dir(path: str) -> None:
@@ -39,6 +81,8 @@ def _fsync_dir(path: str) -> None:
         return
     try:
         os.fsync(fd)
+    except OSError:  # some filesystems refuse fsync on a directory; the rename is still atomic
+        pass
     finally:
         os.close(fd)
 
@@ -47,8 +91,9 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file in the same folder, fsync, rename."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=_TMP_PREFIX, suffix=os.path.basename(path))
     try:
+        _publish_mode(tmp)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -62,12 +107,14 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
 
 
 def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str, metadata: dict | None = None) -> None:
+    """Save tensors (moved to CPU) as safetensors at ``path`` via a temporary file, fsync, rename."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".safetensors")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=_TMP_PREFIX, suffix=".safetensors")
     os.close(fd)
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        _publish_mode(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -78,20 +125,45 @@ def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str, metadat
         raise
 
 
+def _check_safetensors_header(path: str) -> None:
+    """Refuse, with a clear message, anything whose first bytes are not a safetensors header.
+
+    The safetensors parser would refuse such a file too (it never unpickles); this only names the usual culprits:
+    a ``torch.save`` zip archive or a raw pickle renamed to ``.safetensors``.
+    """
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if head[:2] == b"PK":
+        raise CheckpointError(f"{path} is a zip archive (torch.save output), not safetensors; refusing to load it")
+    if head[:1] == b"\x80":
+        raise CheckpointError(f"{path} is a pickle, not safetensors; refusing to load it")
+    if len(head) < 9:
+        raise CheckpointError(f"{path} is truncated ({size} bytes; not a safetensors file)")
+    n = int.from_bytes(head[:8], "little")
+    if head[8:9] != b"{" or n > size - 8:
+        raise CheckpointError(f"{path} is not a safetensors file (bad or truncated header); refusing to load it")
+
+
 def load_safetensors(path: str, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     """Load a safetensors file; anything else (a pickle, a truncated or foreign file) is refused, never run."""
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint file not found: {path}")
-    with open(path, "rb") as f:
-        head = f.read(8)
-    if len(head) < 8:
-        raise CheckpointError(f"{path} is truncated (not a safetensors file)")
-    if head[:2] == b"\x80\x02" or head[:1] == b"\x80" or head[:2] == b"PK":
-        raise CheckpointError(f"{path} is a pickle or zip archive, not safetensors; refusing to load it")
+    _check_safetensors_header(path)
     try:
         return load_file(path, device=str(device))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{path} is not a valid safetensors file: {e}") from e
+
+
+def param_digest(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over the names, dtypes, shapes and bytes of a state dict: equal digests mean bitwise-equal weights."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def _sha256(path: str) -> str:
@@ -103,6 +175,7 @@ def _sha256(path: str) -> str:
 
 
 def _flatten_optimizer(opt_state: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split ``optimizer.state_dict()`` into tensors (for safetensors) and JSON-able rest."""
     tensors, scalars = {}, {}
     for idx, st in opt_state["state"].items():
         for name, v in st.items():
@@ -113,15 +186,18 @@ def _flatten_optimizer(opt_state: dict) -> tuple[dict[str, torch.Tensor], dict]:
     return tensors, {"param_groups": opt_state["param_groups"], "scalars": scalars}
 
 
-def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
-    state: dict[int, dict] = {}
-    for key, v in tensors.items():
-        _, idx, name = key.split(".", 2)
-        state.setdefault(int(idx), {})[name] = v
-    for key, v in meta.get("scalars", {}).items():
-        idx, name = key.split(".", 1)
-        state.setdefault(int(idx), {})[name] = v
-    return {"state": state, "param_groups": meta["param_groups"]}
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict, where: str) -> dict:
+    try:
+        state: dict[int, dict] = {}
+        for key, v in tensors.items():
+            _, idx, name = key.split(".", 2)
+            state.setdefault(int(idx), {})[name] = v
+        for key, v in meta.get("scalars", {}).items():
+            idx, name = key.split(".", 1)
+            state.setdefault(int(idx), {})[name] = v
+        return {"state": state, "param_groups": list(meta["param_groups"])}
+    except (KeyError, ValueError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"{where}: malformed optimizer state ({e!r})") from e
 
 
 @dataclass
@@ -136,80 +212,143 @@ class Checkpoint:
     extra: dict
 
 
+def checkpoint_path(run_dir: str, step: int) -> str:
+    return os.path.join(run_dir, "state", f"step_{step:08d}")
+
+
 def save_checkpoint(run_dir: str, step: int, model_state: dict, ema_state: dict, optimizer_state: dict,
                     extra: dict | None = None, keep_last: int = 3) -> str:
-    """Write ``state/step_<step>/`` atomically (temporary folder, fsync, rename), then prune to ``keep_last``."""
+    """Write ``state/step_<step>/`` atomically (temporary folder, fsync, rename), then prune to ``keep_last``.
+
+    ``keep_last <= 0`` keeps every checkpoint. Pruning runs only after the new checkpoint is in place, so there is
+    always at least one whole checkpoint on disk once the first has been written.
+    """
     root = os.path.join(run_dir, "state")
     os.makedirs(root, exist_ok=True)
-    final = os.path.join(root, f"step_{step:08d}")
-    tmp = tempfile.mkdtemp(dir=root, prefix=".tmp-step_")
+    final = checkpoint_path(run_dir, step)
+    tmp = tempfile.mkdtemp(dir=root, prefix=_TMP_PREFIX + "step_")
     try:
+        _publish_mode(tmp, directory=True)
         weights = {**{f"model.{k}": v for k, v in model_state.items()},
                    **{f"ema.{k}": v for k, v in ema_state.items()}}
         atomic_save_safetensors(weights, os.path.join(tmp, "model.safetensors"))
+        fault_point("checkpoint")
         opt_tensors, opt_meta = _flatten_optimizer(optimizer_state)
         atomic_save_safetensors(opt_tensors, os.path.join(tmp, "optimizer.safetensors"))
         state = {
             "format": FORMAT, "step": step, "optimizer": opt_meta, "extra": extra or {},
-            "sha256": {f: _sha256(os.path.join(tmp, f)) for f in ("model.safetensors", "optimizer.safetensors")},
+            "sha256": {f: _sha256(os.path.join(tmp, f)) for f in WEIGHT_FILES},
         }
         atomic_write_bytes(os.path.join(tmp, "state.json"), json.dumps(state).encode())
         _fsync_dir(tmp)
-        if os.path.exists(final):
+        if os.path.exists(final):  # rewriting a step (e.g. after resuming past a corrupt copy of it)
             shutil.rmtree(final)
         os.replace(tmp, final)
         _fsync_dir(root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    for old in list_checkpoints(run_dir)[:-keep_last] if keep_last > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+    if keep_last > 0:
+        for old in list_checkpoints(run_dir)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
     return final
 
 
 def list_checkpoints(run_dir: str) -> list[str]:
-    """Checkpoint folders of a run, oldest first (temporary folders of interrupted writes are ignored)."""
+    """Checkpoint folders of a run, oldest first by step (temporary folders of interrupted writes are ignored)."""
     root = os.path.join(run_dir, "state")
     if not os.path.isdir(root):
         return []
-    names = sorted(n for n in os.listdir(root) if n.startswith("step_") and os.path.isdir(os.path.join(root, n)))
-    return [os.path.join(root, n) for n in names]
+    found = []
+    for name in os.listdir(root):
+        m = _STEP_DIR.match(name)
+        if m and os.path.isdir(os.path.join(root, name)):
+            found.append((int(m.group(1)), os.path.join(root, name)))
+    return [p for _, p in sorted(found)]
 
 
-def load_checkpoint(path: str, device: str | torch.device = "cpu") -> Checkpoint:
-    """Load and verify one checkpoint folder; raise :class:`CheckpointError` naming the bad file."""
+def clean_temporaries(run_dir: str) -> list[str]:
+    """Delete what interrupted writes left behind (``.tmp-*`` in the run folder and in ``state/``).
+
+    Only call this when no other process is writing the run (the loop does it on rank 0 before training).
+    """
+    removed = []
+    for folder in (run_dir, os.path.join(run_dir, "state")):
+        if not os.path.isdir(folder):
+            continue
+        for name in os.listdir(folder):
+            if name.startswith(_TMP_PREFIX):
+                p = os.path.join(folder, name)
+                shutil.rmtree(p, ignore_errors=True) if os.path.isdir(p) else os.unlink(p)
+                removed.append(p)
+    return removed
+
+
+def verify_checkpoint(path: str) -> dict:
+    """Check a checkpoint folder without loading tensors: ``state.json`` parses, holds the expected fields, and
+    every weight file matches its SHA-256; no other file is present. Returns the parsed ``state.json``.
+
+    Raises :class:`CheckpointError` naming the offending file.
+    """
     state_path = os.path.join(path, "state.json")
     try:
-        with open(state_path) as f:
-            state = json.load(f)
+        with open(state_path, "rb") as f:
+            state = json.loads(f.read().decode("utf-8"))
     except FileNotFoundError as e:
-        raise CheckpointError(f"{state_path} is missing") from e
+        raise CheckpointError(f"{state_path} is missing (checkpoint incomplete)") from e
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{state_path} is not valid JSON: {e}") from e
+        raise CheckpointError(f"{state_path} is not valid JSON (truncated or corrupt): {e}") from e
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{state_path} is not a {FORMAT} checkpoint")
-    extra_files = sorted(set(os.listdir(path)) - {"state.json", "model.safetensors", "optimizer.safetensors"})
-    if extra_files:
-        raise CheckpointError(f"{path} holds unexpected files {extra_files}; refusing it")
-    for name, digest in state["sha256"].items():
+    digests = state.get("sha256")
+    if not isinstance(digests, dict) or sorted(digests) != sorted(WEIGHT_FILES) \
+            or not isinstance(state.get("step"), int) or not isinstance(state.get("optimizer"), dict):
+        raise CheckpointError(f"{state_path} is malformed (needs step, optimizer and sha256 of {WEIGHT_FILES})")
+    unexpected = sorted(set(os.listdir(path)) - {"state.json", *WEIGHT_FILES})
+    if unexpected:
+        raise CheckpointError(f"{path} holds unexpected files {unexpected}; a checkpoint holds only state.json and "
+                              f"{', '.join(WEIGHT_FILES)}, so refusing it")
+    for name in WEIGHT_FILES:
         fp = os.path.join(path, name)
         if not os.path.isfile(fp):
             raise CheckpointError(f"{fp} is missing")
-        if _sha256(fp) != digest:
-            raise CheckpointError(f"{fp} is corrupt (its SHA-256 does not match state.json)")
+        if _sha256(fp) != digests[name]:
+            raise CheckpointError(f"{fp} is corrupt or truncated (its SHA-256 does not match state.json)")
+    return state
+
+
+def load_checkpoint(path: str, device: str | torch.device = "cpu") -> Checkpoint:
+    """Load and verify one checkpoint folder; raise :class:`CheckpointError` naming the bad file.
+
+    Weights go to ``device``; the optimizer's tensors stay on CPU (``optimizer.load_state_dict`` moves moments to
+    their parameters' device and must keep Adam's ``step`` counts on CPU).
+    """
+    state = verify_checkpoint(path)
     weights = load_safetensors(os.path.join(path, "model.safetensors"), device)
     model = {k[6:]: v for k, v in weights.items() if k.startswith("model.")}
     ema = {k[4:]: v for k, v in weights.items() if k.startswith("ema.")}
-    opt = _unflatten_optimizer(load_safetensors(os.path.join(path, "optimizer.safetensors"), device),
-                               state["optimizer"])
+    opt_path = os.path.join(path, "optimizer.safetensors")
+    opt = _unflatten_optimizer(load_safetensors(opt_path, "cpu"), state["optimizer"], opt_path)
     return Checkpoint(path, int(state["step"]), model, ema, opt, state.get("extra", {}))
 
 
-def latest_checkpoint(run_dir: str, device: str | torch.device = "cpu", warn=print) -> Checkpoint | None:
+def latest_checkpoint(run_dir: str, device: str | torch.device = "cpu",
+                      warn: Callable[[str], None] = print) -> Checkpoint | None:
     """The newest checkpoint that loads and verifies; broken ones are reported (naming the file) and skipped."""
     for path in reversed(list_checkpoints(run_dir)):
         try:
             return load_checkpoint(path, device)
         except CheckpointError as e:
             warn(f"warning: skipping checkpoint {path}: {e}")
+    return None
+
+
+def last_good_checkpoint(run_dir: str) -> str | None:
+    """Path of the newest checkpoint that verifies (hashes only; no tensors loaded), or None."""
+    for path in reversed(list_checkpoints(run_dir)):
+        try:
+            verify_checkpoint(path)
+            return path
+        except CheckpointError:
+            continue
     return None

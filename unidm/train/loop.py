@@ -1,9 +1,21 @@
 """The training loop: any :class:`~unidm.methods.GenerativeModel`, any loss it owns, one readable function.
 
-Every random number of step ``k`` on rank ``r`` comes from a generator seeded by ``(seed, r, k)``, and the data
-order from ``(seed, epoch)`` (:class:`~unidm.data.BatchOrder`), so a resumed run needs no saved RNG state and
-continues exactly where it stopped. Multi-process training uses PyTorch's DistributedDataParallel when launched
-by ``torchrun`` (gloo on CPU, NCCL on CUDA).
+Exact resume by construction. Nothing random is carried from step to step, so nothing random needs saving:
+
+* the data order of epoch ``e`` is a permutation drawn from ``(seed, "data", e)`` (:class:`~unidm.data.BatchOrder`),
+  so global batch ``k`` is a pure function of ``(seed, k)``;
+* global batch ``k`` is cut into ``S = world_size * grad_accum`` **shards** (shard ``j`` holds positions
+  ``j, j + S, j + 2S, ...``); rank ``r`` evaluates shards ``r, r + W, ...`` one micro-batch each, and every
+  random number of shard ``j`` (noise levels, noise, label dropout, dropout) comes from a generator seeded with
+  ``(seed, "step", k, j)``.
+
+So a checkpoint (weights, EMA, optimizer tensors, step) is all a resumed run needs to continue bitwise on CPU,
+and a run's data and noise depend on the product ``S`` only, not on how it is split between processes and
+accumulation: 2 processes x 1 micro-batch see exactly what 1 process x 2 micro-batches sees, and their losses and
+weights agree up to floating-point reduction order.
+
+Multi-process training uses DistributedDataParallel when launched by ``torchrun`` (gloo on CPU, NCCL on CUDA);
+EMA, checkpoints, metrics and the exported weights live on rank 0.
 """
 
 from __future__ import annotations
@@ -22,15 +34,18 @@ from torch import nn
 
 from ..config import TrainConfig
 from ..data import BatchOrder, Dataset, seed_for
-from .checkpoint import atomic_save_safetensors, atomic_write_bytes, latest_checkpoint, list_checkpoints, save_checkpoint
-from .distributed import DistInfo
+from .checkpoint import (
+    CheckpointError, atomic_save_safetensors, atomic_write_bytes, checkpoint_path, clean_temporaries, fault_point,
+    last_good_checkpoint, latest_checkpoint, list_checkpoints, load_checkpoint, param_digest, save_checkpoint,
+)
+from .distributed import DistInfo, resolve_device
 from .ema import EMA
 
-__all__ = ["train", "TrainResult", "TrainingDiverged", "resolve_device", "lr_at"]
+__all__ = ["train", "TrainResult", "TrainingDiverged", "resolve_device", "lr_at", "shard_seed", "export_weights"]
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss or the gradient norm became NaN or infinite."""
+    """The loss or the gradient norm became NaN or infinite (or the ranks' weights stopped agreeing)."""
 
 
 @dataclass
@@ -40,14 +55,6 @@ class TrainResult:
     loss: float
     wall_time: float
     steps_per_sec: float
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for, but CUDA is not available here; use --device cpu")
-    return torch.device(name)
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -61,6 +68,11 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * shape)
 
 
+def shard_seed(seed: int, step: int, shard: int) -> int:
+    """The seed of every random number drawn for shard ``shard`` of global batch ``step`` (see the module doc)."""
+    return seed_for(seed, "step", step, shard)
+
+
 class _LossModule(nn.Module):
     """``forward(batch, generator) = model.loss(...)``, so DistributedDataParallel sees the loss as a forward."""
 
@@ -72,24 +84,44 @@ class _LossModule(nn.Module):
         return self.model.loss(batch, generator)
 
 
-def _truncate_metrics(path: str, step: int) -> None:
-    if not os.path.exists(path):
-        return
-    with open(path) as f:
-        keep = [ln for ln in f if ln.strip() and json.loads(ln).get("step", 0) <= step]
-    atomic_write_bytes(path, "".join(keep).encode())
-
-
 def _autocast(device: torch.device, precision: str):
     if precision == "fp32":
         return contextlib.nullcontext()
     if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
-    if precision == "fp16":
-        if device.type != "cuda":
-            raise ValueError("precision 'fp16' needs CUDA; use 'bf16' on CPU")
-        return torch.autocast("cuda", dtype=torch.float16)
-    raise ValueError(f"unknown precision {precision!r}; valid: fp32, bf16, fp16")
+    return torch.autocast("cuda", dtype=torch.float16)
+
+
+def _check_settings(cfg: TrainConfig, device: torch.device, dist: DistInfo) -> None:
+    """Refuse impossible settings before anything is written."""
+    if cfg.precision not in ("fp32", "bf16", "fp16"):
+        raise ValueError(f"unknown precision {cfg.precision!r}; valid: fp32, bf16, fp16")
+    if cfg.precision == "fp16" and device.type != "cuda":
+        raise ValueError(f"precision 'fp16' needs CUDA (autocast with a gradient scaler), but this run is on "
+                         f"{device.type}; use train.precision=bf16 on CPU")
+    if cfg.grad_accum < 1:
+        raise ValueError(f"train.grad_accum must be >= 1, got {cfg.grad_accum}")
+    shards = dist.world_size * cfg.grad_accum
+    if cfg.batch_size % shards:
+        raise ValueError(f"train.batch_size {cfg.batch_size} must be divisible by world_size x grad_accum = "
+                         f"{dist.world_size} x {cfg.grad_accum} = {shards}")
+    if cfg.ckpt_every < 1:
+        raise ValueError(f"train.ckpt_every must be >= 1, got {cfg.ckpt_every}")
+
+
+def _truncate_metrics(path: str, step: int) -> None:
+    """Drop metric lines past ``step`` (written after the checkpoint we resume from) and any half-written line."""
+    if not os.path.exists(path):
+        return
+    keep = []
+    with open(path) as f:
+        for line in f:
+            try:
+                if json.loads(line).get("step", 0) <= step:
+                    keep.append(line if line.endswith("\n") else line + "\n")
+            except (json.JSONDecodeError, AttributeError):
+                continue
+    atomic_write_bytes(path, "".join(keep).encode())
 
 
 def export_weights(run_dir: str, model: nn.Module, ema: EMA, step: int) -> None:
@@ -98,6 +130,50 @@ def export_weights(run_dir: str, model: nn.Module, ema: EMA, step: int) -> None:
                **{f"ema.{k}": v for k, v in ema.state_dict().items()}}
     atomic_save_safetensors(tensors, os.path.join(run_dir, "model.safetensors"),
                             metadata={"format": "unidm-weights-1", "step": str(step)})
+
+
+def _restore(run_dir: str, resume: bool, cfg: TrainConfig, dist: DistInfo, device: torch.device,
+             model: nn.Module, ema: EMA | None, optimizer: torch.optim.Optimizer, scaler,
+             log: Callable[[str], None]) -> int:
+    """Load the newest whole checkpoint (``resume``) or check the folder is fresh; return the step to start at.
+
+    Rank 0 chooses (skipping broken checkpoints with a warning naming the file) and broadcasts the step, so every
+    rank loads the same one; the run folder must therefore be on a filesystem all ranks see.
+    """
+    chosen, ck = 0, None
+    if dist.is_main:
+        if resume:
+            ck = latest_checkpoint(run_dir, device, warn=log)
+            chosen = -1 if ck is None else ck.step
+        elif list_checkpoints(run_dir):
+            chosen = -2
+    chosen = dist.broadcast_int(chosen)
+    if chosen == -1:
+        raise FileNotFoundError(f"--resume: no whole checkpoint under {run_dir}/state")
+    if chosen == -2:
+        raise FileExistsError(f"{run_dir} already holds checkpoints; pass --resume to continue it or pick a new --out")
+    if not resume:
+        return 0
+    if ck is None:
+        path = checkpoint_path(run_dir, chosen)
+        try:
+            ck = load_checkpoint(path, device)
+        except CheckpointError as e:
+            raise CheckpointError(f"rank {dist.rank} cannot load {path}, which rank 0 resumes from ({e}); the run "
+                                  "folder must be on a filesystem shared by all nodes") from e
+    model.load_state_dict(ck.model)
+    if ema is not None:
+        ema.load_state_dict(ck.ema)
+    optimizer.load_state_dict(ck.optimizer)
+    if scaler is not None and "scaler" in ck.extra:
+        scaler.load_state_dict(ck.extra["scaler"])
+    if dist.is_main:
+        log(f"resumed from {ck.path} at step {ck.step}")
+        saved = ck.extra.get("shards")
+        if saved is not None and saved != dist.world_size * cfg.grad_accum:
+            log(f"note: the checkpoint was written with {saved} shards per batch (world_size x grad_accum), this run "
+                f"uses {dist.world_size * cfg.grad_accum}; training continues with a different noise stream")
+    return ck.step
 
 
 def train(
@@ -121,51 +197,70 @@ def train(
         callback: called as ``callback(step, model, ema, record)`` at every log interval (rank 0).
         max_seconds: stop (with a checkpoint) after this much training time.
     Raises:
-        TrainingDiverged: NaN/inf loss or gradients; the last good checkpoint is left in place.
+        TrainingDiverged: NaN/inf loss or gradients; the last good checkpoint is left in place and named.
     """
-    dist = DistInfo.from_env()
-    device = resolve_device(cfg.device) if dist.world_size == 1 else dist.device(cfg.device)
+    dist = DistInfo.from_env(cfg.device)
+    try:
+        return _train(model, data, cfg, run_dir, dist, resume, config_dict, callback, max_seconds, log)
+    finally:
+        dist.close()
+
+
+def _train(model: nn.Module, data: Dataset, cfg: TrainConfig, run_dir: str, dist: DistInfo, resume: bool,
+           config_dict: dict | None, callback, max_seconds: float | None, log: Callable[[str], None]) -> TrainResult:
+    device = dist.device(cfg.device)
+    _check_settings(cfg, device, dist)
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
-    is_main = dist.rank == 0
+    is_main = dist.is_main
+    world, accum = dist.world_size, cfg.grad_accum
     model.to(device)
     metrics_path = os.path.join(run_dir, "metrics.jsonl")
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas),
                                   weight_decay=cfg.weight_decay)
-    ema = EMA(model, cfg.ema_decay, cfg.ema_warmup)
-    step = 0
-    if resume:
-        ck = latest_checkpoint(run_dir, device)
-        if ck is None:
-            raise FileNotFoundError(f"--resume: no whole checkpoint under {run_dir}/state")
-        model.load_state_dict(ck.model)
-        ema.load_state_dict(ck.ema)
-        optimizer.load_state_dict(ck.optimizer)
-        step = ck.step
-        if is_main:
-            _truncate_metrics(metrics_path, step)
-            log(f"resumed from {ck.path} at step {step}")
-    elif list_checkpoints(run_dir):
-        raise FileExistsError(f"{run_dir} already holds checkpoints; pass --resume to continue it or pick a new --out")
+    ema = EMA(model, cfg.ema_decay, cfg.ema_warmup) if is_main else None
+    scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
+    step = _restore(run_dir, resume, cfg, dist, device, model, ema, optimizer, scaler, log)
     if is_main:
         os.makedirs(run_dir, exist_ok=True)
+        clean_temporaries(run_dir)  # what a killed write left behind; nobody else writes here yet
+        if resume:
+            _truncate_metrics(metrics_path, step)
+            export_weights(run_dir, model, ema, step)  # a kill may have landed between checkpoint and export
         if config_dict is not None:
             atomic_write_bytes(os.path.join(run_dir, "config.json"),
                                json.dumps(config_dict, indent=2, sort_keys=True).encode())
+    dist.barrier()
 
-    loss_module: nn.Module = _LossModule(model)
-    if dist.world_size > 1:
-        loss_module = dist.wrap(loss_module, device)
+    loss_module = dist.wrap(_LossModule(model), device)  # DDP broadcasts rank 0's weights here
     if cfg.compile:
         loss_module = torch.compile(loss_module)
-    scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
 
-    order = BatchOrder(len(data.train), cfg.batch_size, cfg.seed, dist.rank, dist.world_size)
+    order = BatchOrder(len(data.train), cfg.batch_size, cfg.seed, dist.rank, world)
     train_tensors = {"x": data.train.to(device)}
     if data.train_labels is not None:
         train_tensors["y"] = data.train_labels.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
+    max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+
+    def checkpoint(at: int) -> None:
+        """Check every rank holds the same finite weights, then write the checkpoint on rank 0."""
+        digests = dist.gather_strings(param_digest(model.state_dict()))
+        if len(set(digests)) > 1:
+            raise TrainingDiverged(f"after {at} steps the ranks hold different weights (digests {digests}); "
+                                   f"{_last_good(run_dir)}")
+        if not all(bool(torch.isfinite(p).all()) for p in params):
+            raise TrainingDiverged(f"training stopped: the weights became non-finite after {at} steps; not saving "
+                                   f"them. {_last_good(run_dir)}")
+        if is_main:
+            extra = {"world_size": world, "grad_accum": accum, "shards": world * accum, "param_digests": digests}
+            if scaler is not None:
+                extra["scaler"] = scaler.state_dict()
+            save_checkpoint(run_dir, at, model.state_dict(), ema.state_dict(), optimizer.state_dict(),
+                            extra=extra, keep_last=cfg.keep_last)
+            export_weights(run_dir, model, ema, at)
+        dist.barrier()
 
     start_step, window_loss, window_n = step, 0.0, 0
     t_start = time.perf_counter()
@@ -177,48 +272,50 @@ def train(
         progress = tqdm(total=cfg.steps, initial=step, desc="train", dynamic_ncols=True, leave=False)
     text_every = max(cfg.log_every, cfg.steps // 10)  # without a terminal: a log line every tenth of the run
 
-    def checkpoint(at: int) -> None:
-        if is_main:
-            save_checkpoint(run_dir, at, model.state_dict(), ema.state_dict(), optimizer.state_dict(),
-                            extra={"rank_count": dist.world_size}, keep_last=cfg.keep_last)
-            export_weights(run_dir, model, ema, at)
-        dist.barrier()
-
     model.train()
     loss_value = float("nan")
+    if not resume:
+        # the initial weights: the run can be replayed from them, and an unwritable folder fails before any compute
+        checkpoint(0)
     try:
         while step < cfg.steps:
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, cfg)
-            idx = order.indices(step).to(device)
-            micro = idx.chunk(cfg.grad_accum)
+            idx = order.indices(step).to(device)  # this rank's share: positions rank, rank + W, ... of the batch
             optimizer.zero_grad(set_to_none=True)
-            step_loss = 0.0
-            for m, mi in enumerate(micro):
-                seed = seed_for(cfg.seed, "step", dist.rank, step, m)
+            step_loss = torch.zeros((), device=device)
+            for m in range(accum):
+                seed = shard_seed(cfg.seed, step, dist.rank + world * m)
                 gen = torch.Generator(device).manual_seed(seed)
-                torch.manual_seed(seed)
-                batch = {k: v[mi] for k, v in train_tensors.items()}
-                sync = dist.no_sync(loss_module) if (m < len(micro) - 1) else contextlib.nullcontext()
-                with sync, _autocast(device, cfg.precision):
-                    loss = loss_module(batch, gen).float().mean() / len(micro)
-                if not torch.isfinite(loss):
-                    raise TrainingDiverged(_diverged_message("loss", float(loss), step, run_dir))
-                (scaler.scale(loss) if scaler else loss).backward()
-                step_loss += float(loss.detach())
+                torch.manual_seed(seed)  # modules drawing from the global RNG (dropout) follow the shard too
+                batch = {k: v[idx[m::accum]] for k, v in train_tensors.items()}
+                sync = contextlib.nullcontext() if m == accum - 1 else dist.no_sync(loss_module)
+                with sync:  # DDP all-reduces gradients on the last micro-batch only
+                    with _autocast(device, cfg.precision):
+                        loss = loss_module(batch, gen).float().mean() / accum
+                    (scaler.scale(loss) if scaler else loss).backward()
+                step_loss += loss.detach()
             if scaler:
                 scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-            if not torch.isfinite(grad_norm):
-                raise TrainingDiverged(_diverged_message("gradient norm", float(grad_norm), step, run_dir))
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+            out_of_time = max_seconds is not None and time.perf_counter() - t_start > max_seconds
+            # one collective and one host sync per step: the mean loss, the norm, and whether any rank is out of time
+            loss_sum, norm_sum, late = dist.all_sum(torch.stack([
+                step_loss.double(), grad_norm.double(), torch.tensor(float(out_of_time), device=device).double()]))
+            loss_value, norm = loss_sum / world, norm_sum / world
+            if not math.isfinite(loss_value):
+                raise TrainingDiverged(_diverged_message("loss", loss_value, step, run_dir))
+            if not math.isfinite(norm) and scaler is None:  # (with fp16 the scaler skips such a step instead)
+                raise TrainingDiverged(_diverged_message("gradient norm", norm, step, run_dir))
             if scaler:
                 scaler.step(optimizer)
                 scaler.update()
             else:
                 optimizer.step()
             step += 1
-            ema.update(model, step)
-            loss_value = dist.mean(step_loss)
+            if ema is not None:
+                ema.update(model, step)
+            fault_point("step")
             window_loss, window_n, steps_window = window_loss + loss_value, window_n + 1, steps_window + 1
             if progress is not None:
                 progress.update(1)
@@ -226,7 +323,7 @@ def train(
                 now = time.perf_counter()
                 rate = steps_window / max(now - t_window, 1e-9)
                 record = {"step": step, "loss": window_loss / window_n, "lr": optimizer.param_groups[0]["lr"],
-                          "grad_norm": float(grad_norm), "steps_per_sec": rate,
+                          "grad_norm": norm, "steps_per_sec": rate,
                           "examples_per_sec": rate * cfg.batch_size, "time": now - t_start}
                 if is_main:
                     with open(metrics_path, "a") as f:
@@ -239,10 +336,9 @@ def train(
                     if callback is not None:
                         callback(step, model, ema, record)
                 window_loss, window_n, t_window, steps_window = 0.0, 0, now, 0
-            out_of_time = max_seconds is not None and time.perf_counter() - t_start > max_seconds
-            if step % cfg.ckpt_every == 0 or step == cfg.steps or out_of_time:
+            if step % cfg.ckpt_every == 0 or step == cfg.steps or late:
                 checkpoint(step)
-            if out_of_time:
+            if late:
                 break
     finally:
         if progress is not None:
@@ -251,8 +347,12 @@ def train(
     return TrainResult(run_dir, step, loss_value, wall, (step - start_step) / max(wall, 1e-9))
 
 
+def _last_good(run_dir: str) -> str:
+    path = last_good_checkpoint(run_dir)
+    return (f"the last good checkpoint is {path} (resume from it with `unidm train --out {run_dir} --resume`)"
+            if path else "no checkpoint had been written yet")
+
+
 def _diverged_message(what: str, value: float, step: int, run_dir: str) -> str:
-    ckpts = list_checkpoints(run_dir)
-    kept = f"the last good checkpoint is {ckpts[-1]}" if ckpts else "no checkpoint had been written yet"
-    return (f"training stopped: the {what} became {value} at step {step}; {kept}. "
-            "Lower train.lr, raise train.warmup or set train.grad_clip, then `unidm train --resume`.")
+    return (f"training stopped: the {what} became {value} in step {step + 1} (after {step} good steps); "
+            f"{_last_good(run_dir)}. Lower train.lr, raise train.warmup or set train.grad_clip before resuming.")
