@@ -1,0 +1,408 @@
+"""Sampler benchmark: error vs NFE with the exact denoiser of a Gaussian mixture (2-D and 16-D).
+
+For every sampler of unidm (and, when installed, the matching samplers of diffusers and k-diffusion, run on the
+same oracle from the same initial noise) at NFE 5, 10, 20, 50:
+
+- ``rmse``: per-sample RMSE against a high-precision adaptive solution of the probability-flow ODE from the same
+  initial noise (deterministic samplers only);
+- ``sw``: sliced Wasserstein-2 distance to fresh samples of the true mixture, next to its noise floor (the same
+  distance between two independent true sample sets of the same size);
+- per-step overhead with a trivial model.
+
+Writes a table to stdout and ``benchmarks/results/samplers.json`` + ``samplers.png``. Runs in a few minutes on
+one CPU core. Usage: ``python benchmarks/samplers.py [--quick]``.
+
+Noise range: diffusers' schedulers are tied to DDPM's linear betas (1000 steps), whose sigma-space levels span
+``[0.01, 157.4]``; every library starts from the same ``x = 157.4 * eps`` (diffusers' VP schedulers get
+``x / sqrt(1 + sigma^2)``) and integrates down to 0. The oracle is evaluated at the exact level each library's
+update uses (for diffusers, its ``sigmas``), the most favourable setting for it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import math
+import sys
+import time
+import types
+from pathlib import Path
+
+import torch
+
+torch.set_num_threads(1)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from unidm.oracles import GaussianMixtureOracle  # noqa: E402
+from unidm.processes import VPDiscrete  # noqa: E402
+from unidm.samplers import STOCHASTIC, karras_grid, log_snr_grid, sample, uniform_t_grid  # noqa: E402
+
+F64 = torch.float64
+BETAS = torch.linspace(1e-4, 0.02, 1000, dtype=F64)
+ABAR = torch.cumprod(1 - BETAS, 0)
+SIGMA_MAX = float(((1 - ABAR[-1]) / ABAR[-1]).sqrt())  # 157.4
+SIGMA_MIN_DDPM = float(((1 - ABAR[0]) / ABAR[0]).sqrt())  # 0.01
+BUDGETS = (5, 10, 20, 50)
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+# ---- problems ----------------------------------------------------------------------------------------------------
+def make_mixture(dim: int, k: int, seed: int) -> GaussianMixtureOracle:
+    g = torch.Generator().manual_seed(seed)
+    spread = 2.0 if dim == 2 else 1.5
+    means = spread * (2 * torch.rand(k, dim, generator=g, dtype=F64) - 1) * (1 if dim == 2 else 1.5)
+    std = 0.03 + 0.07 * torch.rand(k, 1, generator=g, dtype=F64) if dim == 2 else \
+        0.1 + 0.2 * torch.rand(k, dim, generator=g, dtype=F64)
+    weights = 0.5 + torch.rand(k, generator=g, dtype=F64)
+    return GaussianMixtureOracle(weights, means, (std**2).expand(k, dim))
+
+
+def sliced_w2(a: torch.Tensor, b: torch.Tensor, n_proj: int = 128, seed: int = 0) -> float:
+    g = torch.Generator().manual_seed(seed)
+    proj = torch.randn(a.shape[1], n_proj, generator=g, dtype=F64)
+    proj = proj / proj.norm(dim=0, keepdim=True)
+    pa, pb = torch.sort(a @ proj, dim=0)[0], torch.sort(b @ proj, dim=0)[0]
+    return float(((pa - pb) ** 2).mean().sqrt())
+
+
+# ---- unidm --------------------------------------------------------------------------------------------------------
+def unidm_grids(n: int) -> dict[str, torch.Tensor]:
+    return {
+        "karras": karras_grid(n, 0.002, SIGMA_MAX),
+        "log-snr": log_snr_grid(n, 0.002, SIGMA_MAX),
+        # uniform in DDPM time from t = 1 down to t = (1 + 999/n)/1000, as diffusers' default "linspace" grid
+        "uniform-t": uniform_t_grid(VPDiscrete(), n, t_min=(1 + 999 / n) / 1000, t_max=1.0),
+    }
+
+
+# name -> (method, options, nfe(n steps on a grid ending at 0))
+UNIDM = {
+    "euler": ("euler", {}, lambda n: n),
+    "heun": ("heun", {}, lambda n: 2 * n - 1),
+    "midpoint": ("midpoint", {}, lambda n: 2 * n),
+    "rk4": ("rk4", {}, lambda n: 4 * n - 3),
+    "lms": ("lms", {}, lambda n: n),
+    "ipndm": ("ipndm", {}, lambda n: n),
+    "dpm_solver-2": ("dpm_solver", {"order": 2}, lambda n: 2 * n - 1),
+    "dpm_solver-3": ("dpm_solver", {"order": 3}, lambda n: 3 * n - 2),
+    "dpmpp_2m": ("dpmpp_2m", {}, lambda n: n),
+    "dpmpp_3m": ("dpmpp_3m", {}, lambda n: n),
+    "unipc-2": ("unipc", {"order": 2}, lambda n: n),
+    "unipc-3": ("unipc", {"order": 3}, lambda n: n),
+    "unipc-3-bh1": ("unipc", {"order": 3, "variant": "bh1"}, lambda n: n),
+    "ddim": ("ddim", {}, lambda n: n),
+    "ddpm": ("ddpm", {}, lambda n: n),
+    "edm": ("edm", {}, lambda n: 2 * n - 1),
+    "euler_maruyama": ("euler_maruyama", {}, lambda n: n),
+    "pc": ("pc", {}, lambda n: 2 * n),
+    "dpmpp_2m_sde": ("dpmpp_2m_sde", {}, lambda n: n),
+    "dpmpp_3m_sde": ("dpmpp_3m_sde", {}, lambda n: n),
+}
+
+
+def steps_for(nfe_of, budget: int) -> int | None:
+    n = max((n for n in range(1, budget + 1) if nfe_of(n) <= budget), default=None)
+    return n
+
+
+def run_unidm(oracle, x, budget):
+    for name, (method, opts, nfe_of) in UNIDM.items():
+        n = steps_for(nfe_of, budget)
+        if n is None:
+            continue
+        for gname, grid in unidm_grids(n).items():
+            gen = torch.Generator().manual_seed(1)
+            res = sample(oracle, x, grid, method, generator=gen, return_result=True, **opts)
+            yield f"{name}@{gname}", res.x, res.nfe, method in STOCHASTIC
+
+
+# ---- diffusers ----------------------------------------------------------------------------------------------------
+def diffusers_configs():
+    try:
+        import diffusers as d
+    except Exception as e:  # pragma: no cover - optional
+        print(f"# diffusers not available ({type(e).__name__}: {e}); skipped", file=sys.stderr)
+        return {}
+    base = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
+                prediction_type="epsilon")
+    two = lambda n: 2 * n - 1  # noqa: E731
+    one = lambda n: n  # noqa: E731
+    cfg = {}
+    for karras in (False, True):
+        tag = "@karras" if karras else "@default"
+        kw = dict(base, use_karras_sigmas=karras)
+        cfg[f"dpmpp_2m{tag}"] = (d.DPMSolverMultistepScheduler, dict(kw, solver_order=2), one, False)
+        cfg[f"dpmpp_3m{tag}"] = (d.DPMSolverMultistepScheduler, dict(kw, solver_order=3), one, False)
+        cfg[f"dpmpp_2m_sde{tag}"] = (d.DPMSolverMultistepScheduler,
+                                     dict(kw, solver_order=2, algorithm_type="sde-dpmsolver++"), one, True)
+        cfg[f"unipc-3-bh2{tag}"] = (d.UniPCMultistepScheduler, dict(kw, solver_order=3), one, False)
+        cfg[f"unipc-2-bh2{tag}"] = (d.UniPCMultistepScheduler, dict(kw, solver_order=2), one, False)
+        cfg[f"unipc-3-bh1{tag}"] = (d.UniPCMultistepScheduler,
+                                    dict(kw, solver_order=3, solver_type="bh1", final_sigmas_type="sigma_min"),
+                                    one, False)
+        cfg[f"deis-3{tag}"] = (d.DEISMultistepScheduler, dict(kw, solver_order=3), one, False)
+        cfg[f"euler{tag}"] = (d.EulerDiscreteScheduler, kw, one, False)
+        cfg[f"heun{tag}"] = (d.HeunDiscreteScheduler, kw, two, False)
+        cfg[f"lms{tag}"] = (d.LMSDiscreteScheduler, kw, one, False)
+        cfg[f"dpm_2{tag}"] = (d.KDPM2DiscreteScheduler, kw, two, False)
+    cfg["ddim@trailing"] = (d.DDIMScheduler, dict(base, clip_sample=False, timestep_spacing="trailing",
+                                                  set_alpha_to_one=True), one, False)
+    cfg["ddpm@trailing"] = (d.DDPMScheduler, dict(base, clip_sample=False, timestep_spacing="trailing",
+                                                  variance_type="fixed_small"), one, True)
+    return cfg
+
+
+def run_diffusers_one(cls, kw, oracle, x, n, seed=1):
+    import warnings
+    warnings.filterwarnings("ignore")
+    sched = cls(**kw)
+    sched.set_timesteps(n)
+    abar = sched.alphas_cumprod.to(F64)
+    probe = torch.ones(1, dtype=F64)
+    sigma_space = not torch.equal(sched.scale_model_input(probe.clone(), sched.timesteps[0]), probe)
+    sched = cls(**kw)  # fresh (scale_model_input may have advanced its index)
+    sched.set_timesteps(n)
+    sig = getattr(sched, "sigmas", None)
+    sample_ = x.clone() if sigma_space else x / math.sqrt(1 + SIGMA_MAX**2)
+    gen = torch.Generator().manual_seed(seed)
+    nfe = 0
+    for k, t in enumerate(sched.timesteps):
+        inp = sched.scale_model_input(sample_, t)
+        if sig is not None and k < len(sig) - (0 if sigma_space else 0):
+            s = float(sig[k])
+        else:
+            a = float(abar[int(t)])
+            s = math.sqrt((1 - a) / a)
+        xs = inp * math.sqrt(1 + s**2)  # sigma-space
+        eps = (xs - oracle(xs, torch.full((xs.shape[0],), s, dtype=F64))) / s
+        nfe += 1
+        kwargs = {"generator": gen} if "generator" in sched.step.__code__.co_varnames else {}
+        sample_ = sched.step(eps.to(sample_.dtype), t, sample_, **kwargs).prev_sample.to(F64)
+    return sample_, nfe
+
+
+def run_diffusers(oracle, x, budget, configs):
+    for name, (cls, kw, nfe_of, stochastic) in configs.items():
+        n = steps_for(nfe_of, budget)
+        if n is None or (cls.__name__ in ("HeunDiscreteScheduler", "KDPM2DiscreteScheduler") and n < 2):
+            continue
+        try:
+            out, nfe = run_diffusers_one(cls, kw, oracle, x, n)
+        except Exception as e:  # a scheduler that fails at this NFE is reported, not fatal
+            print(f"# diffusers {name} at {n} steps failed: {type(e).__name__}: {e}", file=sys.stderr)
+            continue
+        yield name, out, nfe, stochastic
+
+
+# ---- k-diffusion --------------------------------------------------------------------------------------------------
+def load_k_sampling():
+    """``k_diffusion/sampling.py`` on its own (the package ``__init__`` imports torchvision and more)."""
+    try:
+        spec = importlib.util.find_spec("k_diffusion")
+        if spec is None:
+            raise ImportError("k_diffusion not installed")
+        pkg = types.ModuleType("k_diffusion")
+        pkg.__path__ = list(spec.submodule_search_locations)
+        utils = types.ModuleType("k_diffusion.utils")
+        utils.append_dims = lambda x, n: x[(...,) + (None,) * (n - x.ndim)]
+        sys.modules.setdefault("k_diffusion", pkg)
+        sys.modules.setdefault("k_diffusion.utils", utils)
+        return importlib.import_module("k_diffusion.sampling")
+    except Exception as e:  # pragma: no cover - optional
+        print(f"# k-diffusion not available ({type(e).__name__}: {e}); skipped", file=sys.stderr)
+        return None
+
+
+def k_configs(K):
+    if K is None:
+        return {}
+    one, two = (lambda n: n), (lambda n: 2 * n - 1)
+    return {
+        "euler": (K.sample_euler, {}, one, False),
+        "heun": (K.sample_heun, {}, two, False),
+        "dpm_2": (K.sample_dpm_2, {}, two, False),
+        "lms": (K.sample_lms, {}, one, False),
+        "dpmpp_2m": (K.sample_dpmpp_2m, {}, one, False),
+        "dpmpp_3m": (K.sample_dpmpp_3m_sde, {"eta": 0.0}, one, False),
+        "euler_ancestral": (K.sample_euler_ancestral, {}, one, True),
+        "dpmpp_2m_sde": (K.sample_dpmpp_2m_sde, {}, one, True),
+        "dpmpp_3m_sde": (K.sample_dpmpp_3m_sde, {}, one, True),
+    }
+
+
+def run_k(K, oracle, x, budget, configs):
+    for name, (fn, opts, nfe_of, stochastic) in configs.items():
+        n = steps_for(nfe_of, budget)
+        if n is None:
+            continue
+        for gname, grid in {"karras": K.get_sigmas_karras(n, 0.002, SIGMA_MAX),
+                            "exponential": K.get_sigmas_exponential(n, 0.002, SIGMA_MAX)}.items():
+            calls = [0]
+
+            def model(xx, s, **kw):
+                calls[0] += 1
+                return oracle(xx, s)
+
+            torch.manual_seed(1)
+            if stochastic:  # k-diffusion draws from the global RNG or a Brownian tree seeded from it
+                opts = dict(opts)
+                g = torch.Generator().manual_seed(1)
+                opts["noise_sampler"] = lambda a, b, g=g: torch.randn(x.shape, generator=g, dtype=F64)
+            out = fn(model, x.clone(), grid.to(F64), disable=True, **opts)
+            yield f"{name}@{gname}", out, calls[0], stochastic
+
+
+# ---- overhead -----------------------------------------------------------------------------------------------------
+def overhead(K, dcfg, steps=100):
+    x = torch.randn(1, 2, dtype=torch.float32)
+    trivial = lambda xx, s, **kw: xx * 0.5  # noqa: E731
+    rows = {}
+    for m in ("euler", "dpmpp_2m", "dpmpp_3m", "unipc"):
+        grid = karras_grid(steps, 0.002, SIGMA_MAX).float()
+        t = time.perf_counter()
+        sample(trivial, x, grid, m)
+        rows[f"unidm {m}"] = (time.perf_counter() - t) / steps * 1e6
+    if K is not None:
+        for m, fn in (("euler", K.sample_euler), ("dpmpp_2m", K.sample_dpmpp_2m)):
+            grid = K.get_sigmas_karras(steps, 0.002, SIGMA_MAX)
+            t = time.perf_counter()
+            fn(trivial, x.clone(), grid, disable=True)
+            rows[f"k-diffusion {m}"] = (time.perf_counter() - t) / steps * 1e6
+    for name in ("dpmpp_2m@karras", "unipc-3-bh2@karras"):
+        if name in dcfg:
+            cls, kw, _, _ = dcfg[name]
+            sched = cls(**kw)
+            sched.set_timesteps(steps)
+            s_ = x.clone()
+            t = time.perf_counter()
+            for tt in sched.timesteps:
+                inp = sched.scale_model_input(s_, tt)
+                s_ = sched.step(trivial(inp, None), tt, s_).prev_sample
+            rows[f"diffusers {name.split('@')[0]}"] = (time.perf_counter() - t) / steps * 1e6
+    return rows
+
+
+# ---- main ---------------------------------------------------------------------------------------------------------
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="fewer samples and budgets (smoke run)")
+    args = ap.parse_args()
+    n_samples = {2: 2000, 16: 1000} if not args.quick else {2: 300, 16: 200}
+    budgets = BUDGETS if not args.quick else (10,)
+    K = load_k_sampling()
+    kcfg, dcfg = k_configs(K), diffusers_configs()
+    results = {"budgets": list(budgets), "sigma_max": SIGMA_MAX, "problems": {}}
+    t_all = time.time()
+    for dim, k in ((2, 6), (16, 8)):
+        oracle = make_mixture(dim, k, seed=dim)
+        n = n_samples[dim]
+        x = SIGMA_MAX * torch.randn(n, dim, dtype=F64, generator=torch.Generator().manual_seed(0))
+        t = time.time()
+        ref = sample(oracle, x, torch.tensor([SIGMA_MAX, 1e-5, 0.0], dtype=F64), "adaptive", rtol=1e-9, atol=1e-9,
+                     return_result=True)
+        truth = oracle.sample(n, generator=torch.Generator().manual_seed(123))
+        floor = sum(sliced_w2(oracle.sample(n, generator=torch.Generator().manual_seed(200 + j)),
+                              oracle.sample(n, generator=torch.Generator().manual_seed(300 + j)))
+                    for j in range(5)) / 5
+        prob = {"dim": dim, "components": k, "n": n, "sw_floor": floor, "reference_nfe": ref.nfe,
+                "sw_reference": sliced_w2(ref.x, truth), "rows": []}
+        print(f"\n## {dim}-D mixture, {k} components, {n} samples; reference: adaptive rtol=atol=1e-9 "
+              f"({ref.nfe} NFE, {time.time() - t:.1f}s); SW2 noise floor {floor:.4f}, "
+              f"reference SW2 {prob['sw_reference']:.4f}")
+        for budget in budgets:
+            sources = [("unidm", run_unidm(oracle, x, budget))]
+            if dcfg:
+                sources.append(("diffusers", run_diffusers(oracle, x, budget, dcfg)))
+            if K is not None:
+                sources.append(("k-diffusion", run_k(K, oracle, x, budget, kcfg)))
+            for lib, gen in sources:
+                for name, out, nfe, stochastic in gen:
+                    ok = bool(torch.isfinite(out).all())
+                    rmse = float(((out - ref.x) ** 2).mean().sqrt()) if ok and not stochastic else None
+                    sw = sliced_w2(out, truth) if ok else None
+                    prob["rows"].append({"lib": lib, "name": name, "budget": budget, "nfe": nfe,
+                                         "stochastic": stochastic, "rmse": rmse, "sw": sw, "finite": ok})
+        results["problems"][str(dim)] = prob
+        print_table(prob, budgets)
+    results["overhead_us_per_step"] = overhead(K, dcfg)
+    print("\n## per-step overhead, trivial model, batch 1, 100 steps (microseconds per step)")
+    for k_, v in results["overhead_us_per_step"].items():
+        print(f"  {k_:28s} {v:8.1f}")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "samplers.json").write_text(json.dumps(results, indent=1))
+    plot(results)
+    print(f"\nwrote {RESULTS / 'samplers.json'} and {RESULTS / 'samplers.png'} ({time.time() - t_all:.0f}s)")
+
+
+def best(rows, lib, budget, key):
+    cands = [r for r in rows if r["lib"] == lib and r["budget"] == budget and r[key] is not None]
+    return min(cands, key=lambda r: r[key]) if cands else None
+
+
+def print_table(prob, budgets):
+    rows = prob["rows"]
+    print(f"\n{'library':12s} {'sampler@grid':28s} " + " ".join(f"{'NFE' + str(b) + ' rmse':>12s}" for b in budgets)
+          + "   " + " ".join(f"{'NFE' + str(b) + ' sw':>10s}" for b in budgets))
+    names = []
+    for r in rows:
+        if (r["lib"], r["name"]) not in names:
+            names.append((r["lib"], r["name"]))
+    for lib, name in names:
+        cells, swc = [], []
+        for b in budgets:
+            r = next((r for r in rows if r["lib"] == lib and r["name"] == name and r["budget"] == b), None)
+            cells.append(f"{r['rmse']:12.2e}" if r and r["rmse"] is not None else f"{'-':>12s}")
+            swc.append(f"{r['sw']:10.4f}" if r and r["sw"] is not None else f"{'-':>10s}")
+        print(f"{lib:12s} {name:28s} " + " ".join(cells) + "   " + " ".join(swc))
+    print("\nbest per library (deterministic rmse vs reference | any sampler sw vs truth, floor "
+          f"{prob['sw_floor']:.4f}):")
+    for b in budgets:
+        parts = []
+        for lib in ("unidm", "diffusers", "k-diffusion"):
+            r, s = best(rows, lib, b, "rmse"), best(rows, lib, b, "sw")
+            if r:
+                parts.append(f"{lib}: {r['name']} {r['rmse']:.2e} | {s['name']} {s['sw']:.4f}")
+        print(f"  NFE {b:3d}: " + ";  ".join(parts))
+
+
+def plot(results):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except Exception:  # pragma: no cover
+        return
+    probs = results["problems"]
+    fig, axes = plt.subplots(1, len(probs), figsize=(7 * len(probs), 5.5))
+    axes = [axes] if len(probs) == 1 else axes
+    styles = {"unidm": "-", "diffusers": "--", "k-diffusion": ":"}
+    for ax, (dim, prob) in zip(axes, probs.items()):
+        rows = [r for r in prob["rows"] if r["rmse"] is not None]
+        series = {}
+        for r in rows:
+            series.setdefault((r["lib"], r["name"]), []).append((r["nfe"], r["rmse"]))
+        # one line per sampler family and library: its best grid at 10 NFE
+        keep = {}
+        for (lib, name), pts in series.items():
+            fam = name.split("@")[0]
+            at10 = [e for n, e in pts if n <= 10]
+            score = min(at10) if at10 else math.inf
+            if (lib, fam) not in keep or score < keep[(lib, fam)][0]:
+                keep[(lib, fam)] = (score, name, sorted(pts))
+        top = sorted(keep.items(), key=lambda kv: kv[1][0])
+        shown = [kv for kv in top if kv[0][0] == "unidm"][:6] + [kv for kv in top if kv[0][0] != "unidm"][:6]
+        for (lib, fam), (_, name, pts) in shown:
+            ax.loglog([p[0] for p in pts], [p[1] for p in pts], styles[lib], marker="o", ms=3,
+                      label=f"{lib} {name}")
+        ax.set_xlabel("NFE")
+        ax.set_ylabel("RMSE vs adaptive reference")
+        ax.set_title(f"{dim}-D Gaussian mixture ({prob['components']} components)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(RESULTS / "samplers.png", dpi=110)
+
+
+if __name__ == "__main__":
+    main()
