@@ -40,7 +40,8 @@ _VEC_CLF_TRAIN = {**_VEC_TRAIN, "steps": 2000}
 _VEC_CLF_MODEL = {"arch": "mlp", "hidden": 128, "depth": 3}
 
 _IMG_TRAIN = {"steps": 6000, "batch_size": 128, "lr": 1e-3, "warmup": 200, "ema_decay": 0.999, "ckpt_every": 1000}
-_IMG_MODEL = {"arch": "unet"}
+_IMG_MODEL = {"arch": "unet", "channels": 32, "channel_mult": [1, 2], "num_blocks": 2, "attn_resolutions": [],
+              "mid_attn": True, "groups": 8}
 _IMG_CLF_TRAIN = {**_IMG_TRAIN, "steps": 3000}
 _IMG_CLF_MODEL = {"arch": "conv", "channels": [32, 64, 64]}
 
