@@ -144,7 +144,7 @@ def sample_masked_ancestral(
         u = _uniform((n, 2, length), generator, x.device)
         reveal = masked & (u[:, 0] < p_reveal)
         x = torch.where(reveal, _categorical(probs, u[:, 1]), x)
-        stale = reveal.any(-1)
+        stale = reveal.any(-1) & (x == mask_id).any(-1)
         if callback is not None:
             callback(k, x)
     return MaskedSample(x, den.nfe, den.row_evals / max(n, 1), len(alphas) - 1)
@@ -198,7 +198,7 @@ def sample_masked_greedy(
         rank = conf.argsort(-1, descending=True).argsort(-1)
         reveal = masked & (rank < n_reveal[:, None])
         x = torch.where(reveal, value, x)
-        stale = reveal.any(-1)
+        stale = reveal.any(-1) & (x == mask_id).any(-1)
         if callback is not None:
             callback(k, x)
     return MaskedSample(x, den.nfe, den.row_evals / max(n, 1), steps)

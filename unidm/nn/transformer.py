@@ -12,7 +12,7 @@ from torch.nn import functional as F
 
 from .embedding import EMBEDDINGS
 
-__all__ = ["Transformer", "SEQUENCE_NETWORKS"]
+__all__ = ["Transformer", "TokenMLP", "SEQUENCE_NETWORKS"]
 
 
 class _Block(nn.Module):
@@ -105,4 +105,37 @@ class Transformer(nn.Module):
         return self.out(self.out_norm(h))
 
 
-SEQUENCE_NETWORKS: dict[str, type[nn.Module]] = {"transformer": Transformer}
+class TokenMLP(nn.Module):
+    """Residual MLP on the flattened token embeddings of a short fixed-length sequence:
+    ``F(tokens [B, L], c_noise [B], class_labels=None) -> logits [B, L, out_size]``.
+
+    Much cheaper than a Transformer for short sequences (e.g. 64 binary pixels) on a CPU; it reuses the residual
+    blocks of :class:`unidm.nn.mlp.MLP` on ``L * token_dim`` inputs.
+
+    Example:
+        >>> TokenMLP(vocab_size=3, seq_len=8, hidden=32, depth=1)(torch.zeros(2, 8).long(), torch.zeros(2)).shape
+        torch.Size([2, 8, 3])
+    """
+
+    def __init__(self, vocab_size: int = 3, seq_len: int = 64, token_dim: int = 8, hidden: int = 512, depth: int = 3,
+                 out_size: int | None = None, embedding: str = "sinusoidal", num_classes: int = 0):
+        super().__init__()
+        from .mlp import MLP
+
+        self.seq_len, self.out_size = seq_len, out_size or vocab_size
+        self.tok = nn.Embedding(vocab_size, token_dim)
+        self.mlp = MLP(dim=seq_len * token_dim, hidden=hidden, depth=depth, embedding=embedding,
+                       num_classes=num_classes)
+        self.mlp.out = nn.Linear(hidden, seq_len * self.out_size)
+        nn.init.zeros_(self.mlp.out.weight)
+        nn.init.zeros_(self.mlp.out.bias)
+
+    def forward(self, x: Tensor, c_noise: Tensor, class_labels: Tensor | None = None) -> Tensor:
+        b, n = x.shape
+        if n != self.seq_len:
+            raise ValueError(f"TokenMLP takes sequences of length {self.seq_len}, got {n}")
+        h = self.tok(x.long()).reshape(b, -1)
+        return self.mlp(h, c_noise.reshape(-1).expand(b), class_labels).reshape(b, n, self.out_size)
+
+
+SEQUENCE_NETWORKS: dict[str, type[nn.Module]] = {"transformer": Transformer, "token-mlp": TokenMLP}
