@@ -29,7 +29,8 @@ from typing import Callable
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as safetensors_load
+from safetensors.torch import save_file
 
 __all__ = [
     "CheckpointError", "Checkpoint", "save_checkpoint", "load_checkpoint", "latest_checkpoint", "list_checkpoints",
@@ -125,15 +126,12 @@ def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str, metadat
         raise
 
 
-def _check_safetensors_header(path: str) -> None:
+def _check_safetensors_header(head: bytes, size: int, path: str) -> None:
     """Refuse, with a clear message, anything whose first bytes are not a safetensors header.
 
     The safetensors parser would refuse such a file too (it never unpickles); this only names the usual culprits:
     a ``torch.save`` zip archive or a raw pickle renamed to ``.safetensors``.
     """
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
-        head = f.read(9)
     if head[:2] == b"PK":
         raise CheckpointError(f"{path} is a zip archive (torch.save output), not safetensors; refusing to load it")
     if head[:1] == b"\x80":
@@ -145,15 +143,23 @@ def _check_safetensors_header(path: str) -> None:
         raise CheckpointError(f"{path} is not a safetensors file (bad or truncated header); refusing to load it")
 
 
+def _parse_safetensors(data: bytes, path: str, device: str | torch.device) -> dict[str, torch.Tensor]:
+    """Parse safetensors bytes already in memory (no mmap: a file changed later cannot fault the tensors)."""
+    _check_safetensors_header(data[:9], len(data), path)
+    try:
+        tensors = safetensors_load(data)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path} is not a valid safetensors file: {e}") from e
+    return {k: v.to(device) for k, v in tensors.items()} if str(device) != "cpu" else tensors
+
+
 def load_safetensors(path: str, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     """Load a safetensors file; anything else (a pickle, a truncated or foreign file) is refused, never run."""
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint file not found: {path}")
-    _check_safetensors_header(path)
-    try:
-        return load_file(path, device=str(device))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{path} is not a valid safetensors file: {e}") from e
+    with open(path, "rb") as f:
+        data = f.read()
+    return _parse_safetensors(data, path, device)
 
 
 def param_digest(state: dict[str, torch.Tensor]) -> str:
@@ -284,12 +290,8 @@ def clean_temporaries(run_dir: str) -> list[str]:
     return removed
 
 
-def verify_checkpoint(path: str) -> dict:
-    """Check a checkpoint folder without loading tensors: ``state.json`` parses, holds the expected fields, and
-    every weight file matches its SHA-256; no other file is present. Returns the parsed ``state.json``.
-
-    Raises :class:`CheckpointError` naming the offending file.
-    """
+def _read_state(path: str) -> dict:
+    """Parse and check ``state.json`` and the folder's listing (no weight file is read)."""
     state_path = os.path.join(path, "state.json")
     try:
         with open(state_path, "rb") as f:
@@ -308,11 +310,33 @@ def verify_checkpoint(path: str) -> dict:
     if unexpected:
         raise CheckpointError(f"{path} holds unexpected files {unexpected}; a checkpoint holds only state.json and "
                               f"{', '.join(WEIGHT_FILES)}, so refusing it")
+    return state
+
+
+def _read_verified(path: str, digest: str) -> bytes:
+    """The bytes of ``path`` if their SHA-256 is ``digest``: what is hashed is exactly what gets parsed."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError as e:
+        raise CheckpointError(f"{path} is missing") from e
+    if hashlib.sha256(data).hexdigest() != digest:
+        raise CheckpointError(f"{path} is corrupt or truncated (its SHA-256 does not match state.json)")
+    return data
+
+
+def verify_checkpoint(path: str) -> dict:
+    """Check a checkpoint folder without parsing tensors: ``state.json`` parses and holds the expected fields,
+    every weight file matches its SHA-256, no other file is present. Returns the parsed ``state.json``.
+
+    Raises :class:`CheckpointError` naming the offending file.
+    """
+    state = _read_state(path)
     for name in WEIGHT_FILES:
         fp = os.path.join(path, name)
         if not os.path.isfile(fp):
             raise CheckpointError(f"{fp} is missing")
-        if _sha256(fp) != digests[name]:
+        if _sha256(fp) != state["sha256"][name]:
             raise CheckpointError(f"{fp} is corrupt or truncated (its SHA-256 does not match state.json)")
     return state
 
@@ -323,12 +347,15 @@ def load_checkpoint(path: str, device: str | torch.device = "cpu") -> Checkpoint
     Weights go to ``device``; the optimizer's tensors stay on CPU (``optimizer.load_state_dict`` moves moments to
     their parameters' device and must keep Adam's ``step`` counts on CPU).
     """
-    state = verify_checkpoint(path)
-    weights = load_safetensors(os.path.join(path, "model.safetensors"), device)
+    state = _read_state(path)
+    model_path, opt_path = (os.path.join(path, n) for n in WEIGHT_FILES)
+    weights = _parse_safetensors(_read_verified(model_path, state["sha256"]["model.safetensors"]), model_path,
+                                 device)
+    opt_tensors = _parse_safetensors(_read_verified(opt_path, state["sha256"]["optimizer.safetensors"]), opt_path,
+                                     "cpu")
     model = {k[6:]: v for k, v in weights.items() if k.startswith("model.")}
     ema = {k[4:]: v for k, v in weights.items() if k.startswith("ema.")}
-    opt_path = os.path.join(path, "optimizer.safetensors")
-    opt = _unflatten_optimizer(load_safetensors(opt_path, "cpu"), state["optimizer"], opt_path)
+    opt = _unflatten_optimizer(opt_tensors, state["optimizer"], opt_path)
     return Checkpoint(path, int(state["step"]), model, ema, opt, state.get("extra", {}))
 
 
