@@ -78,10 +78,11 @@ def test_loss_curve_and_weights_match_one_process_with_the_same_global_batch(two
     l2, l1 = _losses(two_proc), _losses(one)
     assert [s for s, _ in l2] == [s for s, _ in l1] == list(range(1, 21))
     torch.testing.assert_close(torch.tensor([x for _, x in l1], dtype=torch.float64),
-                               torch.tensor([x for _, x in l2], dtype=torch.float64), rtol=1e-5, atol=1e-6)
+                               torch.tensor([x for _, x in l2], dtype=torch.float64), rtol=1e-6, atol=1e-9)
     w2, w1 = load_checkpoint(list_checkpoints(two_proc)[-1]), load_checkpoint(list_checkpoints(one)[-1])
     for k, v in w2.model.items():
-        torch.testing.assert_close(w1.model[k], v, rtol=1e-4, atol=1e-5)
+        # only the reduction order differs (with 2 ranks it is bitwise equal in practice; the test allows rounding)
+        torch.testing.assert_close(w1.model[k], v, rtol=1e-5, atol=1e-6)
 
 
 def test_resume_under_torchrun_is_bitwise(two_proc, tmp_path):

@@ -283,7 +283,7 @@ def _train(model: nn.Module, data: Dataset, cfg: TrainConfig, run_dir: str, dist
                 group["lr"] = lr_at(step, cfg)
             idx = order.indices(step).to(device)  # this rank's share: positions rank, rank + W, ... of the batch
             optimizer.zero_grad(set_to_none=True)
-            step_loss = torch.zeros((), device=device)
+            step_loss = torch.zeros((), device=device, dtype=torch.float64)
             for m in range(accum):
                 seed = shard_seed(cfg.seed, step, dist.rank + world * m)
                 gen = torch.Generator(device).manual_seed(seed)
@@ -294,14 +294,14 @@ def _train(model: nn.Module, data: Dataset, cfg: TrainConfig, run_dir: str, dist
                     with _autocast(device, cfg.precision):
                         loss = loss_module(batch, gen).float().mean() / accum
                     (scaler.scale(loss) if scaler else loss).backward()
-                step_loss += loss.detach()
+                step_loss += loss.detach().double()  # float64: same sum however the shards are spread
             if scaler:
                 scaler.unscale_(optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
             out_of_time = max_seconds is not None and time.perf_counter() - t_start > max_seconds
             # one collective and one host sync per step: the mean loss, the norm, and whether any rank is out of time
             loss_sum, norm_sum, late = dist.all_sum(torch.stack([
-                step_loss.double(), grad_norm.double(), torch.tensor(float(out_of_time), device=device).double()]))
+                step_loss, grad_norm.double(), torch.tensor(float(out_of_time), device=device).double()]))
             loss_value, norm = loss_sum / world, norm_sum / world
             if not math.isfinite(loss_value):
                 raise TrainingDiverged(_diverged_message("loss", loss_value, step, run_dir))
