@@ -27,4 +27,14 @@ PRESETS: dict[str, dict] = {
                   "weight_decay": 0.01, "ckpt_every": 1000},
         "sample": dict(_MASKED_SAMPLE),
     },
+    "digits-blur": {
+        "family": "blur",
+        "data": {"name": "digits"},
+        "model": {"arch": "unet", "channels": 32, "channel_mult": [1, 2], "num_blocks": 1, "attn_resolutions": [],
+                  "mid_attn": False, "groups": 8},
+        "method": {"sigma_blur_min": 0.3, "sigma_blur_max": 8.0, "sigma": 0.02, "delta": 0.025},
+        "train": {"steps": 3000, "batch_size": 128, "lr": 1e-3, "warmup": 100, "ema_decay": 0.999,
+                  "ckpt_every": 1000},
+        "sample": {"sampler": "ancestral", "steps": 32, "grid": "uniform-t", "n": 1000},
+    },
 }
