@@ -10,7 +10,12 @@ __all__ = ["EMA"]
 
 
 class EMA:
-    """Shadow copies of a module's floating-point parameters and buffers."""
+    """Shadow copies of a module's floating-point parameters and buffers (non-float buffers are copied as is).
+
+    The training loop keeps it on rank 0 only: every rank holds the same weights after each step, so one shadow
+    is enough, and it is what rank 0 checkpoints. ``decay_at(step)`` depends on the step alone, so a resumed run
+    continues the average bitwise.
+    """
 
     def __init__(self, model: nn.Module, decay: float = 0.999, warmup: bool = True):
         self.decay, self.warmup = decay, warmup

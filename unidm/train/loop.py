@@ -200,10 +200,9 @@ def train(
         TrainingDiverged: NaN/inf loss or gradients; the last good checkpoint is left in place and named.
     """
     dist = DistInfo.from_env(cfg.device)
-    try:
-        return _train(model, data, cfg, run_dir, dist, resume, config_dict, callback, max_seconds, log)
-    finally:
-        dist.close()
+    result = _train(model, data, cfg, run_dir, dist, resume, config_dict, callback, max_seconds, log)
+    dist.close()  # only on success: after an error other ranks may sit in a collective, and the process ends anyway
+    return result
 
 
 def _train(model: nn.Module, data: Dataset, cfg: TrainConfig, run_dir: str, dist: DistInfo, resume: bool,
