@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .embedding import EMBEDDINGS
+from .embedding import EMBEDDINGS, FourierEmbedding
 
 __all__ = ["MLP"]
 
@@ -28,7 +28,8 @@ class MLP(nn.Module):
     Args:
         dim: data dimension.
         hidden: width; depth: number of residual blocks.
-        embedding: ``"fourier"`` or ``"sinusoidal"`` noise embedding.
+        embedding: ``"fourier"`` (frequencies ~ N(0, fourier_scale^2) on ``c_noise = log(sigma) / 4``; a scale
+            of about 1 spans the useful range of noise levels smoothly) or ``"sinusoidal"`` noise embedding.
         num_classes: > 0 adds a class embedding with one extra "null" label (index ``num_classes``) used when
             ``class_labels`` is None or for label dropout in classifier-free guidance.
 
@@ -46,12 +47,14 @@ class MLP(nn.Module):
         embedding: str = "fourier",
         emb_dim: int = 64,
         num_classes: int = 0,
+        fourier_scale: float = 1.0,
     ):
         super().__init__()
         if embedding not in EMBEDDINGS:
             raise ValueError(f"unknown embedding {embedding!r}; valid: {sorted(EMBEDDINGS)}")
         self.dim, self.num_classes = dim, num_classes
-        self.noise_emb = EMBEDDINGS[embedding](emb_dim)
+        self.noise_emb = (FourierEmbedding(emb_dim, scale=fourier_scale) if embedding == "fourier"
+                          else EMBEDDINGS[embedding](emb_dim))
         self.emb_mlp = nn.Sequential(nn.Linear(emb_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.class_emb = nn.Embedding(num_classes + 1, emb_dim) if num_classes > 0 else None
         self.inp = nn.Linear(dim, hidden)
@@ -66,7 +69,7 @@ class MLP(nn.Module):
             if class_labels is None:
                 class_labels = x.new_full((x.shape[0],), self.num_classes, dtype=None).long()
             emb = emb + self.class_emb(class_labels.long())
-        h = self.inp(x.float())
+        h = self.inp(x.to(self.inp.weight.dtype))
         for block in self.blocks:
             h = block(h, emb)
         return self.out(h)
