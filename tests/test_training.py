@@ -102,5 +102,8 @@ def test_cli_errors_are_clear(tmp_path, capsys):
     assert main(["train", "moons-edm", "--out", str(tmp_path / "x"), "train.bogus=1"]) == 2
     assert "valid:" in capsys.readouterr().err
     assert main(["eval", str(tmp_path / "missing")]) != 0
-    with pytest.raises(SystemExit):
-        main(["sample", str(tmp_path), "--sampler", "not-a-sampler"])
+    out = str(tmp_path / "run")
+    assert main(["train", "moons-edm", "--out", out, *TINY, "train.steps=2", "sample.n=10"]) == 0
+    capsys.readouterr()
+    assert main(["sample", out, "-n", "2", "--sampler", "not-a-sampler"]) == 2
+    assert "valid:" in capsys.readouterr().err

@@ -161,6 +161,7 @@ def cmd_eval(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .commands import likelihood
     from .samplers import ALIASES, METHODS
 
     p = argparse.ArgumentParser(prog="unidm", description="Diffusion and flow models on one denoiser contract.")
@@ -182,7 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("sample", help="draw samples from a trained run")
     sp.add_argument("run", help="run folder")
     sp.add_argument("-n", type=int, default=1000)
-    sp.add_argument("--sampler", choices=names, metavar="NAME", help=f"one of: {', '.join(names)}")
+    sp.add_argument("--sampler", metavar="NAME",
+                    help=f"Gaussian models: {', '.join(names)}; masked: ancestral, greedy; blur: ancestral, cold")
     sp.add_argument("--steps", type=int, help="grid steps (NFE depends on the sampler)")
     sp.add_argument("--grid", help="noise-level grid (karras, uniform-t, ...)")
     sp.add_argument("--seed", type=int, default=0, help="sample i uses seed SEED + i, whatever the batch")
@@ -201,6 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--steps", type=int)
     sp.add_argument("--device")
     sp.set_defaults(fn=cmd_eval)
+
+    sp = sub.add_parser("likelihood", help="held-out log-likelihood: bits/dim through the probability-flow ODE")
+    likelihood.add_arguments(sp)
+    sp.set_defaults(fn=likelihood.run)
     return p
 
 
