@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -99,12 +100,11 @@ def _image_floor(data, n: int):
     net = feature_net_for(data)
     idx = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(12345))[:n]
     ref = data.train[idx].float()
-    with torch.no_grad():
-        acc = float((net(ref).argmax(1) == data.train_labels[idx]).float().mean())
+    with torch.no_grad():  # the clean classifier's own held-out accuracy: what real images of a class score
+        acc = float((net(data.test.float()).argmax(1) == data.test_labels).float().mean())
     f_r, f_t = features(net, ref), features(net, data.test.float())
     p, r = precision_recall(f_t, f_r)
-    return {"accuracy": acc, "frechet": frechet_distance(f_r, f_t), "precision": p, "recall": r,
-            "feature_net_held_out_accuracy": net.info.get("held_out_accuracy")}
+    return {"accuracy": acc, "frechet": frechet_distance(f_r, f_t), "precision": p, "recall": r}
 
 
 def _vector_metrics(samples, labels, data):
@@ -120,7 +120,8 @@ def _vector_metrics(samples, labels, data):
     return {"accuracy": acc, "cond_cross_entropy": float(ce.mean()), "mean_dist_to_mean": spread}
 
 
-def evaluate(model_dir: str, clf_dir: str, weights, n: int, sampler: str, steps: int, out_json: str) -> dict:
+def evaluate(model_dir: str, clf_dir: str, weights, n: int, sampler: str, steps: int, out_json: str,
+             interval: tuple[float, float] | None = None) -> dict:
     from unidm.commands.guidance import guided_denoiser_for
     from unidm.run import load_run
 
@@ -130,9 +131,13 @@ def evaluate(model_dir: str, clf_dir: str, weights, n: int, sampler: str, steps:
     labels = torch.arange(n) % k
     image = data.kind == "image"
     rows = []
-    for method in ("cfg", "classifier"):
+    methods = [("cfg", 0.0, math.inf), ("classifier", 0.0, math.inf)]
+    if interval:
+        methods.append(("classifier", *interval))
+    for method, lo, hi in methods:
+        name = method if (lo, hi) == (0.0, math.inf) else f"{method}[{lo:g},{hi:g}]"
         for w in weights:
-            D = guided_denoiser_for(run, method, w, clf_dir)
+            D = guided_denoiser_for(run, method, w, clf_dir, sigma_lo=lo, sigma_hi=hi)
             t0 = time.perf_counter()
             chunks = []
             for start in range(0, n, 250):
@@ -142,10 +147,10 @@ def evaluate(model_dir: str, clf_dir: str, weights, n: int, sampler: str, steps:
             x = torch.cat(chunks)
             dt = time.perf_counter() - t0
             m = _image_metrics(x, labels, data) if image else _vector_metrics(x, labels, data)
-            rows.append({"method": method, "w": w, "seconds": dt, **m})
+            rows.append({"method": name, "w": w, "seconds": dt, **m})
             print(json.dumps(rows[-1]), flush=True)
             if image and w == max(weights):
-                _grid(x, labels, os.path.join(RESULTS, f"guidance_{data.name}_{method}_w{w:g}_samples.png"))
+                _grid(x, labels, os.path.join(RESULTS, f"guidance_{data.name}_{name}_w{w:g}_samples.png"))
     report = {"dataset": data.name, "model": model_dir, "classifier": clf_dir, "n": n, "sampler": sampler,
               "steps": steps, "rows": rows}
     if image:
@@ -181,12 +186,12 @@ def table(report: dict) -> str:
     rows = report["rows"]
     keys = [k for k in rows[0] if k not in ("method", "w", "seconds")] + ["seconds"]
     lines = [f"{report['dataset']}: n={report['n']}, {report['sampler']} {report['steps']} steps",
-             f"{'method':12s} {'w':>4s} " + " ".join(f"{k:>18s}" for k in keys)]
+             f"{'method':18s} {'w':>4s} " + " ".join(f"{k:>18s}" for k in keys)]
     for r in rows:
-        lines.append(f"{r['method']:12s} {r['w']:4g} " + " ".join(f"{r[k]:18.4f}" for k in keys))
+        lines.append(f"{r['method']:18s} {r['w']:4g} " + " ".join(f"{r[k]:18.4f}" for k in keys))
     if "floor" in report:
         fl = report["floor"]
-        lines.append(f"{'real data':12s} {'':>4s} " + " ".join(
+        lines.append(f"{'real data':18s} {'':>4s} " + " ".join(
             f"{fl[k]:18.4f}" if k in fl else f"{'':>18s}" for k in keys))
     return "\n".join(lines)
 
@@ -200,7 +205,8 @@ def plot(report: dict, path: str) -> str:
     image = "frechet" in report["rows"][0]
     xkey, ykey = ("frechet", "accuracy") if image else ("cond_cross_entropy", "accuracy")
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for method, color in (("cfg", "tab:blue"), ("classifier", "tab:orange")):
+    colors = ["tab:blue", "tab:orange", "tab:green", "tab:red"]
+    for method, color in zip(dict.fromkeys(r["method"] for r in report["rows"]), colors):
         rs = [r for r in report["rows"] if r["method"] == method]
         axes[0].plot([r[xkey] for r in rs], [r[ykey] for r in rs], "o-", color=color, label=method)
         for r in rs:
@@ -213,6 +219,8 @@ def plot(report: dict, path: str) -> str:
         axes[1].axhline(report["floor"]["recall"], color="gray", ls="--", label="real data")
     axes[0].set_xlabel("Fréchet distance (feature net), lower is better" if image else
                        "cross-entropy under the true conditional (nats)")
+    if not image:
+        axes[0].set_xscale("symlog", linthresh=1.0)
     axes[0].set_ylabel("class accuracy of samples")
     axes[0].set_title("fidelity vs distance to the data")
     axes[1].set_xlabel("guidance weight w")
@@ -237,6 +245,8 @@ def main(argv=None) -> int:
     p.add_argument("-n", type=int, default=500, help="samples per (method, w)")
     p.add_argument("--sampler", default="dpmpp_2m")
     p.add_argument("--sample-steps", type=int, default=20)
+    p.add_argument("--interval", type=float, nargs=2, metavar=("LO", "HI"),
+                   help="also classifier guidance with this guidance interval")
     p.add_argument("--runs", default=os.path.join(RESULTS, "runs"))
     args = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -250,7 +260,8 @@ def main(argv=None) -> int:
     if args.phase not in ("all", "eval"):
         return 0
     out_json = os.path.join(RESULTS, f"guidance_{args.dataset}.json")
-    report = evaluate(model_dir, clf_dir, args.weights, args.n, args.sampler, args.sample_steps, out_json)
+    report = evaluate(model_dir, clf_dir, args.weights, args.n, args.sampler, args.sample_steps, out_json,
+                      tuple(args.interval) if args.interval else None)
     print(table(report))
     print(f"plot: {plot(report, os.path.join(RESULTS, f'guidance_{args.dataset}.png'))}\njson: {out_json}")
     return 0

@@ -273,3 +273,24 @@ def test_end_to_end_guided_samples_land_in_the_requested_component(tmp_path):
         generate_options(model_run, args)
     with pytest.raises(ValueError, match="out of range"):
         generate_options(model_run, argparse.Namespace(class_label=9, guidance=None, classifier=None))
+
+
+def test_classifier_from_config_builds_both_architectures_and_refuses_unlabelled_data():
+    from unidm.data import Dataset
+    from unidm.methods.classifier import ClassifierConvNet, NoisyClassifier
+
+    images = Dataset("imgs", torch.randn(20, 1, 8, 8), torch.randn(4, 1, 8, 8), kind="image",
+                     train_labels=torch.arange(20) % 10, num_classes=10)
+    clf = NoisyClassifier.from_config({"channels": [8, 16]}, {}, images)
+    assert isinstance(clf.net, ClassifierConvNet) and clf.data_shape == (1, 8, 8)
+    assert clf(images.train[:5], torch.full((5,), 0.3)).shape == (5, 10)
+    assert clf.loss(images.batch(torch.arange(6))).shape == (6,)
+    grad = ClassifierGuidance(lambda x, s, **c: x, clf, 2.0)(images.train[:3], torch.full((3,), 1.0),
+                                                              class_labels=torch.tensor([1, 2, 3]))
+    assert grad.shape == (3, 1, 8, 8) and torch.isfinite(grad).all()
+    with pytest.raises(ValueError, match="labelled"):
+        NoisyClassifier.from_config({}, {}, Dataset("plain", torch.randn(8, 2), torch.randn(2, 2)))
+    with pytest.raises(ValueError, match="model.arch"):
+        NoisyClassifier.from_config({"arch": "unet"}, {}, images)
+    with pytest.raises(ValueError, match="method option"):
+        NoisyClassifier.from_config({}, {"label_dropout": 0.1}, images)
