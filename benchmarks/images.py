@@ -1,0 +1,143 @@
+"""Digits benchmark: train an image preset on CPU, watch the Fréchet distance (in the digits classifier's
+features) fall to its held-out floor, then report quality at 10, 20 and 50 NFE, training and sampling speed,
+and the classifier two-sample test.
+
+    python benchmarks/images.py [--preset digits-edm] [--threads 2] [--eval-every 250] [key=value ...]
+
+The table goes to stdout and the JSON to ``benchmarks/results/images-<preset>.json``. Training time excludes the
+time spent evaluating. The floor is the Fréchet distance between as many training images as there are held-out
+images and the held-out images; "floor reached" is the first evaluation at which the EMA model's samples
+(``--probe-nfe`` evaluations of DPM-Solver++(2M)) score at or below it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import sys
+import tempfile
+import time
+
+import torch
+
+from unidm.config import apply_overrides
+from unidm.evaluation.feature_net import feature_net_for, features
+from unidm.evaluation.image_metrics import c2st, evaluate_images, frechet_distance, quantize
+from unidm.presets import get_preset
+from unidm.run import build_data, build_model
+from unidm.samplers import make_grid, prior_noise, sample
+from unidm.train import train
+
+
+def draw(model, n: int, nfe: int, seed: int = 0, sampler: str = "dpmpp_2m") -> tuple[torch.Tensor, int, float]:
+    """``n`` samples with ``sampler`` on a Karras grid of ``nfe`` steps (DPM-Solver++(2M): one NFE per step);
+    returns samples, the counted NFE and the seconds taken."""
+    t0 = time.perf_counter()
+    g = make_grid("karras", nfe, model.process)
+    x = prior_noise((n, *model.data_shape), float(g[0]), seeds=range(seed, seed + n))
+    model.eval()
+    res = sample(model.denoiser, x, g, method=sampler, return_result=True)
+    return res.x, res.nfe, time.perf_counter() - t0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="digits-edm")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--eval-every", type=int, default=250, help="optimizer steps between Fréchet probes")
+    p.add_argument("--probe-nfe", type=int, default=20)
+    p.add_argument("--max-minutes", type=float, default=None, help="stop training after this much time")
+    p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    p.add_argument("overrides", nargs="*", help="config overrides section.key=value")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    cfg = apply_overrides(get_preset(args.preset), [*args.overrides, f"train.num_threads={args.threads}",
+                                                    "train.progress=false"])
+    data = build_data(cfg)
+    model = build_model(cfg, data)
+    n = len(data.test)
+    t0 = time.perf_counter()
+    net = feature_net_for(data, verbose=True)
+    feature_seconds = time.perf_counter() - t0
+    f_test = features(net, data.test)
+    ref = data.train[torch.randperm(len(data.train), generator=torch.Generator().manual_seed(12345))[:n]]
+    floor = frechet_distance(features(net, ref), f_test)
+    print(f"{args.preset}: {sum(p.numel() for p in model.parameters()) / 1e6:.3f} M parameters; "
+          f"feature net {net.info['task']} acc {net.info.get('held_out_accuracy', float('nan')):.3f} "
+          f"({feature_seconds:.1f} s); Fréchet floor {floor:.3f} at n={n}", flush=True)
+
+    probe_model = copy.deepcopy(model)
+    history: list[dict] = []
+    eval_seconds = [0.0]
+    reached: dict = {}
+
+    def callback(step: int, m, ema, record: dict) -> None:
+        if step % args.eval_every and step != cfg.train.steps:
+            return
+        t = time.perf_counter()
+        ema.copy_to(probe_model)
+        x, _, _ = draw(probe_model, n, args.probe_nfe)
+        fd = frechet_distance(features(net, x.clamp(-1, 1)), f_test)
+        eval_seconds[0] += time.perf_counter() - t
+        train_time = record["time"] - eval_seconds[0] + (time.perf_counter() - t)
+        history.append({"step": step, "train_seconds": train_time, "frechet": fd, "loss": record["loss"]})
+        if fd <= floor and not reached:
+            reached.update(step=step, train_seconds=train_time)
+        print(f"  step {step:5d}  train {train_time:6.1f} s  loss {record['loss']:.4f}  Fréchet {fd:.3f} "
+              f"(floor {floor:.3f})", flush=True)
+
+    with tempfile.TemporaryDirectory() as run_dir:
+        result = train(model, data, cfg.train, run_dir, callback=callback,
+                       max_seconds=None if args.max_minutes is None else 60 * args.max_minutes,
+                       log=lambda s: None)
+    train_seconds = result.wall_time - eval_seconds[0]
+    images_seen = result.step * cfg.train.batch_size
+    ema_model = probe_model  # holds the final EMA weights (the last callback ran at the last step)
+
+    rows = []
+    for nfe in (10, 20, 50):
+        x, counted, secs = draw(ema_model, n, nfe)
+        fd = frechet_distance(features(net, x.clamp(-1, 1)), f_test)
+        rows.append({"nfe": counted, "frechet": fd, "floor": floor, "ratio": fd / floor, "seconds": secs,
+                     "images_per_sec": n / secs})
+    best = min(rows, key=lambda r: r["frechet"])
+    x, _, _ = draw(ema_model, n, best["nfe"], seed=10_000)
+    full = evaluate_images(x, data)
+    levels = int(data.meta.get("levels", 256))
+    c2st_floor = full["metrics"]["c2st"]["floor"]
+    report = {
+        "preset": args.preset, "config": cfg.to_dict(), "threads": args.threads,
+        "parameters": sum(p.numel() for p in model.parameters()), "n": n, "frechet_floor": floor,
+        "train_steps": result.step, "train_seconds": train_seconds,
+        "train_images_per_sec": images_seen / train_seconds, "floor_reached": reached or None,
+        "nfe": rows, "full_metrics_at_nfe": best["nfe"], "metrics": full["metrics"], "history": history,
+        "feature_net": full["feature_net"], "c2st_levels": levels,
+    }
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, f"images-{args.preset}.json")
+    with open(path, "w") as f:
+        json.dump(report, f, indent=2)
+
+    print(f"\n{args.preset}: {result.step} steps x {cfg.train.batch_size} in {train_seconds:.1f} s of training "
+          f"= {report['train_images_per_sec']:.0f} images/s ({args.threads} threads)")
+    if reached:
+        print(f"Fréchet floor first reached at step {reached['step']}, {reached['train_seconds']:.1f} s of training")
+    else:
+        print("Fréchet floor not reached during training")
+    print(f"\n{'NFE':>4s} {'Fréchet':>9s} {'floor':>8s} {'ratio':>6s} {'sample img/s':>13s}")
+    for r in rows:
+        print(f"{r['nfe']:4d} {r['frechet']:9.3f} {r['floor']:8.3f} {r['ratio']:6.2f} {r['images_per_sec']:13.1f}")
+    print(f"\nat {best['nfe']} NFE (fresh seeds, n={full['n']}):")
+    for name, m in full["metrics"].items():
+        print(f"  {name:14s} {m['value']:9.4f}   floor {m['floor']:9.4f}")
+    print(f"  (c2st: accuracy telling samples from held-out images on {levels} grey levels; 0.5 = indistinguishable;"
+          f" floor {c2st_floor:.3f})")
+    print(f"-> {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

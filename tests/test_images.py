@@ -1,0 +1,198 @@
+"""Images: the UNet's shapes and batch-order equivariance, the digits / folder / array datasets and their errors,
+the sample-quality metrics against their floors, and one tiny run through the trainer and the plots."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from unidm.data import build_dataset
+from unidm.data.images import digits_dataset, image_array_dataset, image_folder_dataset
+from unidm.evaluation import image_metrics as im
+from unidm.nn import build_network
+from unidm.nn.unet import SelfAttention, UNet
+
+TINY = dict(channels=8, channel_mult=(1, 2, 2), num_blocks=1, groups=4, head_dim=8)
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("UNIDM_CACHE", str(tmp_path_factory.getbasetemp() / "unidm-cache"))
+
+
+@pytest.mark.parametrize("size", [8, 28, 32, 64])
+def test_unet_output_shape(size):
+    torch.manual_seed(0)
+    net = UNet(in_channels=3, image_size=size, attn_resolutions=(size // 2,), **TINY)
+    x = torch.randn(2, 3, size, size)
+    assert net(x, torch.zeros(2)).shape == x.shape
+    assert any(isinstance(m, SelfAttention) for m in net.modules())
+
+
+def test_unet_class_labels_and_null_label():
+    net = UNet(in_channels=1, image_size=8, num_classes=10, **TINY)
+    x = torch.randn(4, 1, 8, 8)
+    for p in net.parameters():  # make the output depend on everything (zero-initialised layers otherwise hide it)
+        torch.nn.init.normal_(p, std=0.2)
+    out_null = net(x, torch.zeros(4))
+    assert torch.equal(out_null, net(x, torch.zeros(4), class_labels=torch.full((4,), 10)))
+    assert not torch.allclose(out_null, net(x, torch.zeros(4), class_labels=torch.arange(4)))
+
+
+def test_unet_batch_order_equivariance():
+    torch.manual_seed(0)
+    net = UNet(in_channels=1, image_size=8, num_classes=3, attn_resolutions=(4,), **TINY).eval()
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    x, c, y = torch.randn(6, 1, 8, 8), torch.randn(6), torch.randint(0, 3, (6,))
+    perm = torch.randperm(6)
+    out = net(x, c, class_labels=y)
+    torch.testing.assert_close(net(x[perm], c[perm], class_labels=y[perm]), out[perm], atol=1e-5, rtol=1e-5)
+
+
+def test_build_network_fills_data_sizes():
+    net = build_network("unet", {"in_channels": 1, "image_size": 8, "num_classes": 0, "dim": 64}, **TINY)
+    assert net.in_channels == 1 and net(torch.randn(2, 1, 8, 8), torch.zeros(2)).shape == (2, 1, 8, 8)
+
+
+def test_digits_dataset():
+    d = build_dataset("digits")
+    assert d.kind == "image" and d.meta["levels"] == 17 and d.num_classes == 10
+    assert d.train.shape[1:] == (1, 8, 8) and len(d.train) + len(d.test) == 1797
+    assert d.train.min() == -1 and d.train.max() == 1
+    levels = (d.train + 1) * 8  # the 17 grey levels sit exactly on v / 8 - 1
+    assert torch.equal(levels, levels.round())
+    assert set(d.test_labels.tolist()) == set(range(10))
+    assert torch.equal(digits_dataset().test, d.test)  # the split is deterministic
+    flipped = digits_dataset(flip=True)
+    assert len(flipped.train) == 2 * len(d.train) and torch.equal(flipped.train[len(d.train):], d.train.flip(-1))
+
+
+def _write_images(folder, n=6, size=(12, 10)):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        sub = os.path.join(folder, f"class{i % 2}")
+        os.makedirs(sub, exist_ok=True)
+        arr = rng.integers(0, 256, (*size[::-1], 3), dtype=np.uint8)
+        Image.fromarray(arr).save(os.path.join(sub, f"img{i}.{'png' if i % 2 else 'jpg'}"))
+
+
+def test_image_folder_loading(tmp_path):
+    _write_images(tmp_path)
+    d = image_folder_dataset(str(tmp_path), image_size=8, channels=1, labels=True, test_fraction=0.34)
+    assert d.train.shape[1:] == (1, 8, 8) and len(d.train) + len(d.test) == 6
+    assert d.num_classes == 2 and -1 <= float(d.train.min()) and float(d.train.max()) <= 1
+    rgb = image_folder_dataset(str(tmp_path), image_size=6, channels=3)
+    assert rgb.train.shape[1:] == (3, 6, 6)
+
+
+def test_image_folder_bad_file_is_named(tmp_path):
+    _write_images(tmp_path)
+    bad = tmp_path / "class0" / "broken.png"
+    bad.write_bytes(b"this is not a png")
+    with pytest.raises(ValueError, match="broken.png"):
+        image_folder_dataset(str(tmp_path), image_size=8)
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        image_folder_dataset(str(tmp_path / "nowhere"))
+
+
+def test_image_array_loading_and_errors(tmp_path):
+    rng = np.random.default_rng(0)
+    arr = rng.integers(0, 256, (10, 12, 12, 3), dtype=np.uint8)
+    np.savez(tmp_path / "imgs.npz", images=arr, labels=np.arange(10) % 2)
+    d = image_array_dataset(str(tmp_path / "imgs.npz"), labels_key="labels", image_size=8, test_fraction=0.2)
+    assert d.train.shape[1:] == (3, 8, 8) and d.num_classes == 2
+    np.save(tmp_path / "unit.npy", rng.random((5, 8, 8)).astype(np.float32))
+    u = image_array_dataset(str(tmp_path / "unit.npy"), test_fraction=0.2)
+    assert u.train.shape[1:] == (1, 8, 8) and float(u.train.min()) >= -1
+    (tmp_path / "bad.npy").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="bad.npy"):
+        image_array_dataset(str(tmp_path / "bad.npy"))
+    np.save(tmp_path / "range.npy", rng.random((5, 8, 8)).astype(np.float32) * 10)
+    with pytest.raises(ValueError, match="range.npy"):
+        image_array_dataset(str(tmp_path / "range.npy"))
+
+
+def test_frechet_distance_closed_form():
+    # N(0, I) vs N(m, diag(s^2)): |m|^2 + sum (1 - s)^2
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(200_000, 3, generator=g, dtype=torch.float64)
+    s = torch.tensor([0.5, 1.0, 2.0], dtype=torch.float64)
+    b = torch.randn(200_000, 3, generator=g, dtype=torch.float64) * s + 1.0
+    assert abs(im.frechet_distance(a, b) - (3 + float(((1 - s) ** 2).sum()))) < 0.05
+    assert im.frechet_distance(a, a) < 1e-8
+
+
+def test_metrics_near_floor_for_two_halves_and_large_for_noise():
+    d = digits_dataset()
+    g = torch.Generator().manual_seed(1)
+    half = d.train[torch.randperm(len(d.train), generator=g)[: len(d.test)]]
+    noise = torch.rand(len(d.test), 1, 8, 8, generator=g) * 2 - 1
+    real = im.evaluate_images(half, d, c2st_test=False)["metrics"]
+    fake = im.evaluate_images(noise, d, c2st_test=False)["metrics"]
+    assert real["frechet"]["value"] < 2 * real["frechet"]["floor"]
+    assert fake["frechet"]["value"] > 20 * real["frechet"]["floor"]
+    assert fake["kid"]["value"] > 100 * abs(real["kid"]["value"]) + 0.1
+    assert real["precision"]["value"] > 0.8 and real["recall"]["value"] > 0.8
+    assert fake["precision"]["value"] < 0.1 and fake["recall"]["value"] < 0.1
+    assert real["copies"]["value"] == 1.0  # a subset of the training set is all copies
+    assert fake["copies"]["value"] == 0.0
+
+
+def test_c2st_tells_noise_from_data_not_halves():
+    d = digits_dataset()
+    a, b = d.test[:150], d.test[150:300]
+    noise = im.quantize(torch.rand(150, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1, 17)
+    assert abs(im.c2st(a, b, steps=60) - 0.5) < 0.12
+    assert im.c2st(noise, b, steps=60) > 0.9
+
+
+def test_quantize_to_digit_levels():
+    x = torch.tensor([-1.0, -0.97, 0.0, 0.06, 1.2])
+    torch.testing.assert_close(im.quantize(x, 17), torch.tensor([-1.0, -1.0, 0.0, 0.0, 1.0]))
+
+
+def test_feature_net_is_cached_and_deterministic():
+    from unidm.evaluation import feature_net as fn
+
+    d = digits_dataset()
+    net = fn.feature_net_for(d)
+    assert os.path.isfile(net.info["cache"]) and net.info["held_out_accuracy"] > 0.9
+    fn._MEMO.clear()
+    again = fn.feature_net_for(d)  # from the safetensors cache
+    torch.testing.assert_close(fn.features(again, d.test[:20]), fn.features(net, d.test[:20]))
+
+
+def test_tiny_training_run_and_pictures(tmp_path):
+    from unidm.config import apply_overrides
+    from unidm.presets import get_preset
+    from unidm.run import build_data, build_model, load_run
+    from unidm.train import train
+
+    cfg = apply_overrides(get_preset("digits-edm"), [
+        "train.steps=4", "train.batch_size=16", "train.log_every=2", "train.progress=false",
+        "model.channels=8", "model.groups=4"])
+    data = build_data(cfg)
+    model = build_model(cfg, data)
+    train(model, data, cfg.train, str(tmp_path / "run"), config_dict=cfg.to_dict(), log=lambda s: None)
+    run = load_run(str(tmp_path / "run"))
+    x = run.model.generate(4, seeds=range(4), sampler="euler", steps=3)
+    assert x.shape == (4, 1, 8, 8) and torch.isfinite(x).all()
+    assert os.path.isfile(im.IMAGE_PLOTTERS["image"](x, data, str(tmp_path / "samples.png"), "t"))
+    path = im.plot_trajectory(run.model, data, str(tmp_path / "traj.png"), sigmas=(10.0, 1.0, 0.1), n=2, steps=4)
+    assert os.path.isfile(path)
+
+
+@pytest.mark.parametrize("name", ["digits-vp", "digits-edm", "digits-flow"])
+def test_presets_build(name):
+    from unidm.presets import get_preset
+    from unidm.run import build_data, build_model
+
+    cfg = get_preset(name)
+    model = build_model(cfg, build_data(cfg))
+    assert model.loss({"x": torch.randn(2, 1, 8, 8)}).shape == (2,)
