@@ -69,8 +69,9 @@ def cmd_train(args) -> int:
     data = build_data(cfg)
     model = build_model(cfg, data)
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"unidm train: {cfg.name or 'config'} -> {out}  ({n_params / 1e6:.3f} M parameters, "
-          f"{len(data.train)} training examples, {cfg.train.steps} steps)")
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"unidm train: {cfg.name or 'config'} -> {out}  ({n_params / 1e6:.3f} M parameters, "
+              f"{len(data.train)} training examples, {cfg.train.steps} steps)")
     result = train(model, data, cfg.train, out, resume=args.resume, config_dict=cfg.to_dict())
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
@@ -175,7 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a preset name or config.json (default: the default preset), then overrides "
                          "section.key=value, e.g. train.steps=2000 method.process=ve")
     sp.add_argument("--out", help="run folder (default runs/<preset>)")
-    sp.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
+    sp.add_argument("--resume", action="store_true",
+                    help="continue the run in --out from its newest whole checkpoint (also under torchrun)")
     sp.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when present)")
     sp.set_defaults(fn=cmd_train)
 

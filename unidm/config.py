@@ -27,7 +27,7 @@ class TrainConfig:
     """The training loop's settings (see :func:`unidm.train.train`)."""
 
     steps: int = 4000
-    batch_size: int = 512
+    batch_size: int = 512  # global: split over processes x grad_accum
     lr: float = 2e-3
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.99)
@@ -39,12 +39,12 @@ class TrainConfig:
     ema_warmup: bool = True
     log_every: int = 50
     ckpt_every: int = 1000
-    keep_last: int = 3
+    keep_last: int = 3  # 0 keeps all
     seed: int = 0
     device: str = "auto"
     num_threads: int = 0  # 0: leave torch's default
     precision: str = "fp32"  # "fp32", "bf16" (autocast) or "fp16" (autocast + scaler, CUDA only)
-    grad_accum: int = 1
+    grad_accum: int = 1  # noise is fixed per shard (world_size x grad_accum)
     compile: bool = False
     progress: bool = True
 

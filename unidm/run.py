@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from .config import RunConfig
-from .data import Dataset, build_dataset
+from .data import Dataset, build_dataset, seed_for
 from .methods import FAMILIES, GenerativeModel
 from .train.checkpoint import CheckpointError, latest_checkpoint, load_safetensors
 from .utils import check_choice
@@ -25,8 +25,12 @@ def build_data(cfg: RunConfig) -> Dataset:
 
 
 def build_model(cfg: RunConfig, data: Dataset) -> GenerativeModel:
+    """The family's model for ``data``; initial weights are drawn from ``(train.seed, "init")``, so the same config
+    gives the same model in any process (every rank of a multi-process run starts identical)."""
     check_choice(cfg.family, FAMILIES, "family")
-    return FAMILIES[cfg.family].from_config(cfg.model, cfg.method, data)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed_for(cfg.train.seed, "init"))
+        return FAMILIES[cfg.family].from_config(cfg.model, cfg.method, data)
 
 
 @dataclass

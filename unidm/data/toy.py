@@ -9,22 +9,27 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from sklearn import datasets as skd
 
 __all__ = ["TOY_GENERATORS", "make_toy"]
 
 
 def _moons(n, rng, noise):
+    from sklearn import datasets as skd  # imported here: sklearn costs ~1 s at start-up
+
     x, _ = skd.make_moons(n, noise=noise, random_state=rng)
     return (x - np.array([0.5, 0.25])) / np.array([0.87, 0.5])
 
 
 def _circles(n, rng, noise):
+    from sklearn import datasets as skd  # imported here: sklearn costs ~1 s at start-up
+
     x, _ = skd.make_circles(n, noise=noise, factor=0.5, random_state=rng)
     return x / 0.56
 
 
 def _swissroll(n, rng, noise):
+    from sklearn import datasets as skd  # imported here: sklearn costs ~1 s at start-up
+
     x, _ = skd.make_swiss_roll(n, noise=noise * 10, random_state=rng)
     return x[:, [0, 2]] / 7.0
 
