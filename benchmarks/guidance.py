@@ -247,23 +247,25 @@ def main(argv=None) -> int:
     p.add_argument("--sample-steps", type=int, default=20)
     p.add_argument("--interval", type=float, nargs=2, metavar=("LO", "HI"),
                    help="also classifier guidance with this guidance interval")
+    p.add_argument("--classifier-run", help="use this classifier run folder instead of RUNS/<dataset>-classifier")
     p.add_argument("--runs", default=os.path.join(RESULTS, "runs"))
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     preset_model, preset_clf = PRESET[args.dataset]
     model_dir = os.path.join(args.runs, f"{args.dataset}-cond")
-    clf_dir = os.path.join(args.runs, f"{args.dataset}-classifier")
+    clf_dir = args.classifier_run or os.path.join(args.runs, f"{args.dataset}-classifier")
     if args.phase in ("all", "train", "train-model"):
         train_run(preset_model, SMALL[args.dataset]["model"], model_dir, args.steps)
     if args.phase in ("all", "train", "train-classifier"):
         train_run(preset_clf, SMALL[args.dataset]["classifier"], clf_dir, args.classifier_steps)
     if args.phase not in ("all", "eval"):
         return 0
-    out_json = os.path.join(RESULTS, f"guidance_{args.dataset}.json")
+    tag = f"_{os.path.basename(os.path.normpath(args.classifier_run))}" if args.classifier_run else ""
+    out_json = os.path.join(RESULTS, f"guidance_{args.dataset}{tag}.json")
     report = evaluate(model_dir, clf_dir, args.weights, args.n, args.sampler, args.sample_steps, out_json,
                       tuple(args.interval) if args.interval else None)
     print(table(report))
-    print(f"plot: {plot(report, os.path.join(RESULTS, f'guidance_{args.dataset}.png'))}\njson: {out_json}")
+    print(f"plot: {plot(report, os.path.join(RESULTS, f'guidance_{args.dataset}{tag}.png'))}\njson: {out_json}")
     return 0
 
 

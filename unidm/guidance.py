@@ -19,7 +19,7 @@ and return ``D_w(x, sigma, class_labels=y) -> x0_hat`` of shape ``x.shape``.
   2024 and Kynkäänniemi et al. 2024.
 
 **Guidance interval** (Kynkäänniemi et al. 2024, "Applying Guidance in a Limited Interval Improves Sample and
-Distribution Quality in Diffusion Models", Sec. 3, eq. 2): the weight is ``w`` only for
+Distribution Quality in Diffusion Models", Sec. 3, the piecewise weight w(sigma)): the weight is ``w`` only for
 ``sigma_lo <= sigma <= sigma_hi`` and **1 outside**, so outside the interval both wrappers return their estimate
 of the *conditional* denoiser ``E[x0 | x, y]`` (CFG: ``D(x | y)`` alone, one pass).
 
