@@ -294,3 +294,28 @@ def test_classifier_from_config_builds_both_architectures_and_refuses_unlabelled
         NoisyClassifier.from_config({"arch": "unet"}, {}, images)
     with pytest.raises(ValueError, match="method option"):
         NoisyClassifier.from_config({}, {"label_dropout": 0.1}, images)
+
+
+def test_classifier_preconditioning_keeps_the_guidance_term_bounded_at_large_sigma():
+    """With logits = log_prior + c_out(sigma) F(c_in x, c_noise), sigma^2 grad_x log p = O(sigma_data) at every
+    sigma (as for the exact posterior of a mixture); without it the term grows like sigma."""
+    from unidm.methods.classifier import ClassifierMLP, NoisyClassifier
+
+    torch.manual_seed(0)
+    net = ClassifierMLP(dim=2, num_classes=4, hidden=32, depth=2)
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(64) % 4
+    sizes = {}
+    for precondition in (True, False):
+        clf = NoisyClassifier(net, num_classes=4, sigma_data=0.5, precondition=precondition)
+        for sigma in (1.0, 1000.0):
+            x = sigma * torch.randn(64, 2, generator=g)
+            term = ClassifierGuidance(lambda x, s, **c: torch.zeros_like(x), clf, 1.0)(
+                x, torch.full((64,), sigma), class_labels=y)
+            sizes[precondition, sigma] = float(term.norm(dim=1).mean())
+    assert sizes[True, 1000.0] < 2 * sizes[True, 1.0] + 0.1
+    assert sizes[False, 1000.0] > 50 * sizes[True, 1000.0]
+    exact = MixtureClassOracle(ring(k=4))  # the exact term is bounded too: sigma^2 grad -> mu_y - E[mu | x]
+    x = 1000.0 * torch.randn(64, 2, generator=g, dtype=torch.float64)
+    term = ClassifierGuidance(lambda x, s, **c: torch.zeros_like(x), exact.logits, 1.0)(x, 1000.0, class_labels=y)
+    assert float(term.norm(dim=1).max()) < 2 * 1.5 + 1e-6
