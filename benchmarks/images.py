@@ -24,7 +24,7 @@ import torch
 
 from unidm.config import apply_overrides
 from unidm.evaluation.feature_net import feature_net_for, features
-from unidm.evaluation.image_metrics import c2st, evaluate_images, frechet_distance, quantize
+from unidm.evaluation.image_metrics import evaluate_images, frechet_distance, plot_image_grid, plot_trajectory
 from unidm.presets import get_preset
 from unidm.run import build_data, build_model
 from unidm.samplers import make_grid, prior_noise, sample
@@ -117,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
         "feature_net": full["feature_net"], "c2st_levels": levels,
     }
     os.makedirs(args.out, exist_ok=True)
+    plot_image_grid(x, data, os.path.join(args.out, f"images-{args.preset}-samples.png"),
+                    f"{args.preset}: dpmpp_2m, {best['nfe']} NFE, {result.step} steps")
+    plot_trajectory(ema_model, data, os.path.join(args.out, f"images-{args.preset}-trajectory.png"))
     path = os.path.join(args.out, f"images-{args.preset}.json")
     with open(path, "w") as f:
         json.dump(report, f, indent=2)

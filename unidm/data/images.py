@@ -11,6 +11,7 @@ augmentation for natural images, not for digits or text.
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Callable
 
@@ -59,6 +60,14 @@ def _finish(name: str, images: Tensor, labels: Tensor | None, num_classes: int, 
                    meta={"seed": seed, "flip": flip, "test_fraction": test_fraction, **meta})
 
 
+@functools.lru_cache(maxsize=1)
+def _load_digits() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return d.images, d.target
+
+
 def digits_dataset(test_fraction: float = 0.2, seed: int = 0, flip: bool = False) -> Dataset:
     """scikit-learn's handwritten digits (Alpaydin & Kaynak 1998, UCI "optdigits"): 1797 images of 8x8 pixels with
     17 grey levels (0..16) and labels 0..9, shipped inside scikit-learn (no download). Pixels ``v`` map to
@@ -68,11 +77,9 @@ def digits_dataset(test_fraction: float = 0.2, seed: int = 0, flip: bool = False
     >>> data.train.shape[1:], data.meta["levels"], len(data.train) + len(data.test)
     (torch.Size([1, 8, 8]), 17, 1797)
     """
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    images = torch.from_numpy(d.images.astype(np.float32) / 8.0 - 1.0)[:, None]
-    labels = torch.from_numpy(d.target.astype(np.int64))
+    pixels, target = _load_digits()
+    images = torch.from_numpy(pixels.astype(np.float32) / 8.0 - 1.0)[:, None]
+    labels = torch.from_numpy(target.astype(np.int64))
     return _finish("digits", images, labels, 10, test_fraction, seed, flip,
                    {"levels": 17, "source": "sklearn.datasets.load_digits"})
 

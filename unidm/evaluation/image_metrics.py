@@ -21,13 +21,12 @@ perfect generator (one that draws fresh images of the data distribution) would s
 
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .feature_net import features, feature_net_for
+from .feature_net import FeatureRecipe, features, feature_net_for
 from .image_plots import IMAGE_PLOTTERS, plot_image_grid, plot_trajectory
 
 __all__ = ["frechet_distance", "kernel_distance", "precision_recall", "memorization", "c2st", "quantize",
@@ -156,11 +155,12 @@ def _entry(value: float, floor: float) -> dict:
     return {"value": value, "floor": floor, "ratio": ratio}
 
 
-def evaluate_images(samples: Tensor, data, c2st_test: bool = True, seed: int = 12345) -> dict:
+def evaluate_images(samples: Tensor, data, c2st_test: bool = True, seed: int = 12345,
+                    recipe: FeatureRecipe = FeatureRecipe()) -> dict:
     """Every image metric for ``samples [N, C, H, W]`` against ``data``'s held-out split, with floors.
 
     ``n = min(len(samples), len(data.test))`` images of each are compared; the floor uses ``n`` training images
-    drawn with ``seed``. Returns ``{"n", "metrics": {name: {"value", "floor", "ratio"}}, "feature_net": {...}}``.
+    drawn with ``seed``; ``recipe`` says how the feature network is trained. Returns ``{"n", "metrics": {name: {"value", "floor", "ratio"}}, "feature_net": {...}}``.
     """
     samples = samples.detach().float().cpu()
     n = min(len(samples), len(data.test))
@@ -169,7 +169,7 @@ def evaluate_images(samples: Tensor, data, c2st_test: bool = True, seed: int = 1
     samples, test = samples[:n], data.test[:n].float()
     idx = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(seed))[:n]
     ref = data.train[idx].float()
-    net = feature_net_for(data)
+    net = feature_net_for(data, recipe)
     f_s, f_t, f_r = features(net, samples.clamp(-1, 1)), features(net, test), features(net, ref)
     metrics = {
         "frechet": _entry(frechet_distance(f_s, f_t), frechet_distance(f_r, f_t)),
