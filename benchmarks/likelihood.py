@@ -1,15 +1,17 @@
 """Likelihood benchmark: held-out NLL of trained models next to the floor, and digits bits/dim (ODE and ELBO).
 
-    python benchmarks/likelihood.py [--steps 1500] [--digits-steps 3000] [--n 300] [--rtol 1e-4]
+    python benchmarks/likelihood.py [--steps 1500] [--digits-steps 2000] [--n 300] [--rtol 1e-4] [--skip-mixtures]
 
 - 2-D analytic mixtures (``gmm-ring``, ``gmm-grid``; EDM preset with a smaller MLP): the NLL (nats) of held-out
   points through the probability-flow ODE with the exact divergence, next to the true density's NLL on the same
   points and its entropy (the floor no model can beat on average), and the same ODE run with the exact oracle
   denoiser (which must land on the floor: the method's own error).
-- sklearn digits (8x8, 17 grey levels scaled to [-1, 1]; DDPM-type ``vp-discrete`` model, T = 1000, eps
-  parameterization): bits/dim of the discrete held-out digits from the ODE (uniform dequantization, Hutchinson with
-  one Rademacher probe) and from DDPM's ELBO (discretized decoder; variances beta and beta-tilde). A uniform model
-  is log2(17) = 4.09 bits/dim.
+- digits (the library's ``digits`` dataset, 8x8, 17 grey levels in [-1, 1]): the ``digits-vp`` preset (UNet) made a
+  DDPM model (``vp-discrete``, T = 1000, discrete training times), one model per parameterization (eps and v).
+  For each model: bits/dim of the dequantized held-out digits from the ODE (Hutchinson, one Rademacher probe) at
+  the process's sigma_max and at ``--sigma-max-short``, with the median and the count of runaway latents
+  (docs/likelihood.md), next to DDPM's ELBO of the same model (discretized decoder, variance beta). The ELBO exists
+  only for discrete VP models. A uniform model is log2(17) = 4.09 bits/dim.
 
 Models are trained with the library's own trainer (``unidm.train.train``) into a temporary run folder and loaded
 back with ``unidm.run.load_run``. Prints a table and writes ``benchmarks/results/likelihood.json``.
@@ -23,13 +25,14 @@ import math
 import os
 import tempfile
 import time
+import warnings
 
 import torch
 
 from unidm.config import RunConfig, TrainConfig
 from unidm.data import Dataset, build_dataset
 from unidm.evaluation.elbo import elbo
-from unidm.evaluation.likelihood import log_likelihood
+from unidm.evaluation.likelihood import latent_outliers, log_likelihood
 from unidm.methods.gaussian import GaussianDiffusion
 from unidm.nn import build_network
 from unidm.train import train
@@ -87,60 +90,100 @@ def bench_mixture(name: str, args) -> dict:
     }
 
 
-def digits_dataset(seed: int = 0) -> Dataset:
-    """sklearn's 8x8 digits: integers 0..16 -> 17 levels on [-1, 1] (k / 8 - 1); 80/20 split."""
-    from sklearn.datasets import load_digits
+DIGITS_MODELS = ("eps", "v")
 
-    d = load_digits()
-    x = torch.from_numpy(d.data).float() / 8.0 - 1.0
-    y = torch.from_numpy(d.target).long()
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
-    n_test = len(x) // 5
-    te, tr = perm[:n_test], perm[n_test:]
-    return Dataset("digits", x[tr], x[te], kind="vector", train_labels=y[tr], test_labels=y[te], num_classes=10,
-                   meta={"levels": 17})
+
+def _digits_config(param: str, steps: int):
+    """The ``digits-vp`` preset (UNet on ``digits``) made a DDPM model: discrete VP process (T = 1000) and
+    discrete training times, so that DDPM's ELBO applies; ``param`` is the network's parameterization and loss
+    weighting."""
+    from unidm.config import apply_overrides
+    from unidm.presets import get_preset
+
+    return apply_overrides(get_preset("digits-vp"), [
+        "method.process=vp-discrete", "method.noise_levels=discrete-t", f"method.parameterization={param}",
+        f"method.weighting={param}", f"train.steps={steps}", "train.num_threads=1", "train.progress=false",
+        "train.device=cpu", f"train.ckpt_every={steps}"])
+
+
+def _ode_row(res) -> dict:
+    outliers = latent_outliers(res.latent_scale, res.latent[0].numel())
+    return {"bpd": _mean_se(res.bits_per_dim), "bpd_median": float(res.bits_per_dim.median()), "nfe": res.nfe,
+            "sigma_max": res.sigma_max, "latent_outliers": int(outliers.sum()),
+            "latent_scale_max": float(res.latent_scale.max()),
+            "bpd_without_outliers": _mean_se(res.bits_per_dim[~outliers])}
+
+
+def bench_digits_model(param: str, data: Dataset, args) -> dict:
+    """One DDPM-type digits model: ODE bits/dim (full range and ``--sigma-max-short``) and its ELBO."""
+    from unidm.run import build_model
+
+    cfg = _digits_config(param, args.digits_steps)
+    model = build_model(cfg, data)
+    with tempfile.TemporaryDirectory() as folder:
+        t0 = time.perf_counter()
+        result = train(model, data, cfg.train, folder, config_dict=cfg.to_dict(), log=lambda s: None)
+        seconds = time.perf_counter() - t0
+        denoiser = _ema_denoiser(model, folder)
+    x = data.test[: args.digits_n].double()
+    levels = data.meta["levels"]
+    out = {"model": f"digits-vp preset, process vp-discrete (T=1000), parameterization {param}",
+           "parameterization": param, "train_steps": result.step, "train_seconds": seconds, "n": len(x)}
+    for key, sigma_max in (("ode", None), ("ode_short", args.sigma_max_short)):
+        t0 = time.perf_counter()
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # the outliers are counted in the row
+            res = log_likelihood(denoiser, x, num_levels=levels, hutchinson=1, sigma_max=sigma_max,
+                                 rtol=args.rtol, atol=args.rtol, generator=torch.Generator().manual_seed(1))
+        out[key] = {**_ode_row(res), "seconds": time.perf_counter() - t0}
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        e = elbo(denoiser, x, num_levels=levels, variance="beta", num_terms=args.elbo_terms,
+                 generator=torch.Generator().manual_seed(2))
+    out["elbo"] = {"bpd": _mean_se(e.bits_per_dim), "seconds": time.perf_counter() - t0, "terms": {
+        "prior": float(e.prior_term.mean()), "diffusion": float(e.diffusion_term.mean()),
+        "decoder": float(e.decoder_term.mean())}}
+    return out
 
 
 def bench_digits(args) -> dict:
-    data = digits_dataset()
+    data = build_dataset("digits")
     levels = data.meta["levels"]
-    net = build_network("mlp", {"dim": 64}, hidden=512, depth=3, embedding="fourier")
-    model = GaussianDiffusion(net, "vp-discrete", "eps", "discrete-t", "eps", sigma_data=round(data.std, 4))
-    model.data_shape = (64,)
-    with tempfile.TemporaryDirectory() as folder:
-        result, seconds = _train(model, data, args.digits_steps, 256, 0, folder)
-        denoiser = _ema_denoiser(model, folder)
-    x = data.test.double()
-    g = torch.Generator().manual_seed(1)
-    out = {"data": "digits", "levels": levels, "train_steps": result.step, "train_seconds": seconds, "n": len(x),
-           "uniform_bits_per_dim": math.log2(levels)}
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        ode = log_likelihood(denoiser, x, num_levels=levels, hutchinson=1, rtol=args.rtol, atol=args.rtol,
-                             generator=g)
-    out.update(ode_bpd=_mean_se(ode.bits_per_dim), ode_nfe=ode.nfe, ode_seconds=time.perf_counter() - t0,
-               ode_sigma_min=ode.sigma_min, ode_sigma_max=ode.sigma_max)
-    for variance in ("beta", "beta_tilde"):
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            e = elbo(denoiser, x, num_levels=levels, variance=variance, generator=g)
-        out[f"elbo_bpd_{variance}"] = _mean_se(e.bits_per_dim)
-        out[f"elbo_terms_{variance}"] = {"prior": float(e.prior_term.mean()), "diffusion":
-                                         float(e.diffusion_term.mean()), "decoder": float(e.decoder_term.mean())}
-        out[f"elbo_seconds_{variance}"] = time.perf_counter() - t0
-    return out
+    rows = [bench_digits_model(param, data, args) for param in args.digits_params]
+    return {"data": "digits", "levels": levels, "uniform_bits_per_dim": math.log2(levels), "models": rows}
+
+
+def _print_digits(d: dict, args) -> None:
+    print(f"\ndigits (held-out, dequantized, {d['levels']} levels; uniform = {d['uniform_bits_per_dim']:.3f} "
+          f"bits/dim); ODE with Hutchinson x1, rtol=atol={args.rtol}; ELBO: DDPM's bound, variance beta")
+    for r in d["models"]:
+        print(f"  model: {r['model']}, {r['train_steps']} steps, n={r['n']}")
+        for key in ("ode", "ode_short"):
+            o = r[key]
+            print(f"    ODE  sigma_max={o['sigma_max']:7.2f}: {o['bpd'][0]:12.4f} +- {o['bpd'][1]:.4f} bits/dim "
+                  f"(median {o['bpd_median']:.4f}; {o['latent_outliers']} runaway latents, max latent_scale "
+                  f"{o['latent_scale_max']:.3g}; without them {o['bpd_without_outliers'][0]:.4f}; NFE {o['nfe']})")
+        e = r["elbo"]
+        print(f"    ELBO (same model):        {e['bpd'][0]:12.4f} +- {e['bpd'][1]:.4f} bits/dim")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=1500, help="training steps of each 2-D model")
-    p.add_argument("--digits-steps", type=int, default=3000)
+    p.add_argument("--digits-steps", type=int, default=2000, help="training steps of each digits model")
+    p.add_argument("--digits-params", nargs="+", default=list(DIGITS_MODELS), choices=["eps", "v", "x0", "edm"],
+                   help="parameterizations of the DDPM-type digits models")
+    p.add_argument("--digits-n", type=int, default=359, help="held-out digits (at most 359)")
+    p.add_argument("--sigma-max-short", type=float, default=10.0, help="second, shorter ODE range for digits")
+    p.add_argument("--elbo-terms", type=int, default=None, help="stratified terms of the ELBO (default: all T)")
     p.add_argument("--n", type=int, default=300, help="held-out 2-D points")
     p.add_argument("--rtol", type=float, default=1e-4, help="ODE rtol = atol")
     p.add_argument("--skip-digits", action="store_true")
+    p.add_argument("--skip-mixtures", action="store_true", help="keep the mixtures of an existing --out")
+    p.add_argument("--out", default="benchmarks/results/likelihood.json")
     args = p.parse_args()
     torch.set_num_threads(1)
-    rows = [bench_mixture(name, args) for name in ("gmm-ring", "gmm-grid")]
+    rows = [] if args.skip_mixtures else [bench_mixture(name, args) for name in ("gmm-ring", "gmm-grid")]
     print(f"\n2-D held-out NLL (nats), probability-flow ODE, exact divergence, rtol=atol={args.rtol}")
     print(f"{'data':10s} {'trained model':>18s} {'oracle via ODE':>16s} {'true density':>16s} {'entropy':>8s} "
           f"{'NFE':>5s} {'train':>6s}")
@@ -148,21 +191,18 @@ def main() -> None:
         print(f"{r['data']:10s} {r['nll_trained'][0]:10.4f} +-{r['nll_trained'][1]:.3f} "
               f"{r['nll_oracle_ode'][0]:9.4f} +-{r['nll_oracle_ode'][1]:.3f} {r['nll_true'][0]:9.4f} "
               f"+-{r['nll_true'][1]:.3f} {r['entropy']:8.4f} {r['nfe_trained']:5d} {r['train_steps']:6d}")
+    if args.skip_mixtures and os.path.exists(args.out):
+        with open(args.out) as f:
+            rows = json.load(f).get("mixtures", [])
     report = {"mixtures": rows, "args": vars(args)}
     if not args.skip_digits:
         d = bench_digits(args)
         report["digits"] = d
-        print(f"\ndigits ({d['n']} held-out, {d['levels']} levels; uniform = {d['uniform_bits_per_dim']:.3f} "
-              f"bits/dim), vp-discrete T=1000, {d['train_steps']} training steps")
-        print(f"  ODE (dequantized, Hutchinson x1): {d['ode_bpd'][0]:.4f} +- {d['ode_bpd'][1]:.4f} bits/dim "
-              f"(NFE {d['ode_nfe']}, {d['ode_seconds']:.0f} s)")
-        for v in ("beta", "beta_tilde"):
-            print(f"  ELBO (variance {v:10s}):     {d[f'elbo_bpd_{v}'][0]:.4f} +- {d[f'elbo_bpd_{v}'][1]:.4f} "
-                  f"bits/dim  terms {d[f'elbo_terms_{v}']}")
-    os.makedirs("benchmarks/results", exist_ok=True)
-    with open("benchmarks/results/likelihood.json", "w") as f:
+        _print_digits(d, args)
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    with open(args.out, "w") as f:
         json.dump(report, f, indent=2)
-    print("\nwrote benchmarks/results/likelihood.json")
+    print(f"\nwrote {args.out}")
 
 
 if __name__ == "__main__":

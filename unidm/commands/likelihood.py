@@ -56,12 +56,12 @@ def _summary(values: Tensor) -> dict:
 def evaluate(model, x: Tensor, args: argparse.Namespace, levels: int | None) -> dict:
     """NLL (nats) and bits/dim of ``x`` under ``model``, batch by batch; returns a JSON-able report."""
     from ..evaluation.elbo import elbo
-    from ..evaluation.likelihood import log_likelihood
+    from ..evaluation.likelihood import latent_outliers, log_likelihood
     from ..processes import VPDiscrete
 
     g = torch.Generator(device=x.device).manual_seed(args.seed)
     report: dict = {"n": len(x), "dim": int(x[0].numel()), "levels": levels}
-    logp, bpd, nfe, elbo_bpd = [], [], [], []
+    logp, bpd, nfe, elbo_bpd, outliers = [], [], [], [], []
     denoiser = getattr(model, "denoiser", None)
     for start in range(0, len(x), args.batch_size):
         xb = x[start:start + args.batch_size]
@@ -76,6 +76,7 @@ def evaluate(model, x: Tensor, args: argparse.Namespace, levels: int | None) -> 
         logp.append(res.log_prob)
         bpd.append(res.bits_per_dim)
         nfe.append(res.nfe)
+        outliers.append(latent_outliers(res.latent_scale, int(xb[0].numel())))
         report.update(sigma_min=res.sigma_min, sigma_max=res.sigma_max, prior_variance=res.prior_variance)
         if args.elbo and isinstance(getattr(model, "process", None), VPDiscrete):
             elbo_bpd.append(elbo(denoiser, xb, num_levels=levels, generator=g).bits_per_dim)
@@ -85,6 +86,8 @@ def evaluate(model, x: Tensor, args: argparse.Namespace, levels: int | None) -> 
                         f"ode-{'exact' if args.hutchinson is None else f'hutchinson{args.hutchinson}'}")
     if nfe:
         report["nfe_mean"] = sum(nfe) / len(nfe)
+        report["bits_per_dim_median"] = float(torch.cat(bpd).median())
+        report["latent_outliers"] = int(torch.cat(outliers).sum())
     if elbo_bpd:
         report["elbo_bits_per_dim"] = _summary(torch.cat(elbo_bpd))
     return report
@@ -121,6 +124,9 @@ def _print(r: dict) -> None:
           + (f", mean NFE {r['nfe_mean']:.0f}" if "nfe_mean" in r else ""))
     print(f"  NLL       {r['nll_nats']['mean']:10.4f} +- {r['nll_nats']['stderr']:.4f} nats")
     print(f"  {unit:s}: {r['bits_per_dim']['mean']:.4f} +- {r['bits_per_dim']['stderr']:.4f}")
+    if r.get("latent_outliers"):
+        print(f"  WARNING: {r['latent_outliers']} runaway latents (far outside the prior) dominate the mean; median "
+              f"{r['bits_per_dim_median']:.4f} bits/dim; try a lower --sigma-max (docs/likelihood.md)")
     if "elbo_bits_per_dim" in r:
         print(f"  ELBO bound: {r['elbo_bits_per_dim']['mean']:.4f} +- {r['elbo_bits_per_dim']['stderr']:.4f} bits/dim")
     if "true_nll_nats" in r:

@@ -50,6 +50,7 @@ Example:
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -66,6 +67,7 @@ __all__ = [
     "gaussian_prior_log_prob",
     "dequantize",
     "bin_width",
+    "latent_outliers",
 ]
 
 _LOG_2PI = math.log(2 * math.pi)
@@ -85,6 +87,10 @@ class LikelihoodResult:
         delta_log_prob: ``[B]`` the integrated divergence, ``log p_{sigma_min}(x) - log p_{sigma_max}(z)``.
         n_steps: accepted solver steps.
         sigma_min, sigma_max, prior_variance: the integration range and prior actually used.
+        latent_scale: ``[B]`` ``|z| / sqrt(D (sigma_max^2 + prior_variance))``, the latent's RMS in units of the
+            prior's standard deviation: ``1 +- 1/sqrt(2 D)`` for a latent the prior could have drawn. Far above
+            that, the model's flow has run away from the data for this example and its ``log_prob`` is the prior
+            penalty ``-D latent_scale^2 / 2`` (see :func:`latent_outliers`).
     """
 
     log_prob: Tensor
@@ -97,6 +103,21 @@ class LikelihoodResult:
     sigma_min: float
     sigma_max: float
     prior_variance: float
+    latent_scale: Tensor
+
+
+def latent_outliers(latent_scale: Tensor, dim: int, z: float = 8.0) -> Tensor:
+    """``[B]`` bool: latents the prior would draw with probability below ~``1e-15`` (``z = 8``).
+
+    Under the prior ``D latent_scale^2`` is chi-square with ``D`` degrees of freedom; by the Wilson–Hilferty
+    approximation ``latent_scale^(2/3)`` is normal with mean ``1 - 2/(9D)`` and variance ``2/(9D)``, and an outlier
+    lies more than ``z`` of its standard deviations above the mean. A forward PF-ODE that sends a held-out point
+    there has run away (an unstable learned field, typically an eps-parameterized network at low SNR, where
+    ``D = x - sigma eps_hat`` multiplies the network's error by ``sigma``); that example's NLL is then dominated by
+    the prior term and swamps a data set's mean.
+    """
+    c = 2.0 / (9.0 * dim)
+    return latent_scale.pow(2.0 / 3.0) > 1.0 - c + z * math.sqrt(c)
 
 
 def bin_width(num_levels: int, low: float = -1.0, high: float = 1.0) -> float:
@@ -209,6 +230,18 @@ def log_likelihood(
     log_density = prior + delta
     dim = x[0].numel()
     log_prob = log_density if width is None else log_density + dim * math.log(width)
+    latent_scale = (z.reshape(z.shape[0], -1).pow(2).mean(1) / (sigma_max**2 + prior_variance)).sqrt()
+    outliers = latent_outliers(latent_scale, dim)
+    if bool(outliers.any()):
+        warnings.warn(
+            f"log_likelihood: {int(outliers.sum())} of {len(outliers)} latents lie far outside the prior (largest "
+            f"latent_scale {float(latent_scale.max()):.3g}, expected 1 +- {1 / math.sqrt(2 * dim):.2g}): the model's "
+            "probability-flow ODE runs away for them and their log_prob is mostly the prior term. Look at "
+            "result.latent_scale; a lower sigma_max shows whether the field is unreliable at large sigma "
+            "(docs/likelihood.md, 'Runaway latents').",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     return LikelihoodResult(
         log_prob=log_prob,
         bits_per_dim=bits_per_dim(log_prob, dim),
@@ -220,4 +253,5 @@ def log_likelihood(
         sigma_min=sigma_min,
         sigma_max=sigma_max,
         prior_variance=prior_variance,
+        latent_scale=latent_scale,
     )
