@@ -1,8 +1,10 @@
-"""Command line: ``unidm presets | train | sample | eval``.
+"""Command line: ``unidm presets | train | sample | eval | likelihood``.
 
     unidm train [PRESET_OR_CONFIG] [--out DIR] [--resume] [--device DEV] [key=value ...]
     unidm sample DIR -n N --sampler NAME --steps K --seed S --out FILE.npz [--plot FILE.png]
+    unidm sample DIR --class K [--guidance cfg|classifier --scale W [--classifier DIR]]
     unidm eval DIR [--json]
+    unidm likelihood DIR [--split test] [--exact|--hutchinson K]
 """
 
 from __future__ import annotations
@@ -77,16 +79,27 @@ def cmd_train(args) -> int:
         return 0
     print(f"trained {result.step} steps in {result.wall_time:.1f} s ({result.steps_per_sec:.1f} steps/s), "
           f"final loss {result.loss:.4f}")
+    from .commands import guidance
     from .run import load_run
 
     run = load_run(out, device=model.device)
+    if cfg.family == "classifier":
+        print(guidance.classifier_summary(run))
+        return 0
     s = cfg.sample
     t0 = time.perf_counter()
-    samples = run.model.generate(min(s.n, 2000 if data.kind == "vector" else 64), seeds=range(s.seed, s.seed + min(
-        s.n, 2000 if data.kind == "vector" else 64)), sampler=s.sampler, steps=s.steps, grid=s.grid)
+    n_pic = min(s.n, 2000 if data.kind == "vector" else 64)
+    samples = run.model.generate(n_pic, seeds=range(s.seed, s.seed + n_pic), sampler=s.sampler, steps=s.steps,
+                                 grid=s.grid)
     path = plot_samples(samples.cpu(), data, os.path.join(out, "samples.png"),
                         title=f"{cfg.name}: {s.sampler}, {s.steps} steps")
     print(f"samples: {path} ({time.perf_counter() - t0:.1f} s)")
+    if data.kind == "image" and cfg.family == "gaussian":
+        from .evaluation.image_plots import plot_trajectory
+
+        strip = plot_trajectory(run.model, data, os.path.join(out, "trajectory.png"), sampler=s.sampler,
+                                steps=s.steps, grid=s.grid)
+        print(f"denoising trajectory: {strip}")
     return 0
 
 
@@ -106,7 +119,10 @@ def cmd_sample(args) -> int:
     from .evaluation.plots import plot_samples
     from .run import load_run
 
+    from .commands import guidance
+
     run = load_run(args.run, device=args.device or "cpu")
+    extra = guidance.generate_options(run, args)
     s = run.config.sample
     sampler = args.sampler or s.sampler
     steps = args.steps or s.steps
@@ -117,7 +133,7 @@ def cmd_sample(args) -> int:
     for start in range(0, args.n, args.batch_size):
         chunk = seeds[start:start + args.batch_size]
         chunks.append(run.model.generate(len(chunk), seeds=chunk, sampler=sampler, steps=steps, grid=grid,
-                                         **_sampler_options(args.option)).cpu())
+                                         **extra, **_sampler_options(args.option)).cpu())
     x = torch.cat(chunks)
     dt = time.perf_counter() - t0
     out = args.out or os.path.join(args.run, "samples.npz")
@@ -162,7 +178,7 @@ def cmd_eval(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .commands import likelihood
+    from .commands import guidance, likelihood
     from .samplers import ALIASES, METHODS
 
     p = argparse.ArgumentParser(prog="unidm", description="Diffusion and flow models on one denoiser contract.")
@@ -195,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", help="output .npz (default DIR/samples.npz)")
     sp.add_argument("--plot", help="also write a picture here")
     sp.add_argument("--device")
+    guidance.add_sample_arguments(sp)
     sp.set_defaults(fn=cmd_sample)
 
     sp = sub.add_parser("eval", help="sample quality against held-out data, with noise floors")
