@@ -27,24 +27,14 @@ from typing import Callable, Sequence, Union
 import torch
 from torch import Tensor
 
+from .tableaus import DOPRI5_A, DOPRI5_C, DOPRI5_E
+
 __all__ = ["OdeSolution", "solve_ivp", "solve_fixed", "State", "OdeFunc"]
 
 State = Union[Tensor, tuple[Tensor, ...]]
 OdeFunc = Callable[[Tensor, State], State]
 
-# Dormand–Prince 5(4) tableau (Hairer et al., Solving ODEs I, Table II.5.2).
-_C = (0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0)
-_A = (
-    (),
-    (1 / 5,),
-    (3 / 40, 9 / 40),
-    (44 / 45, -56 / 15, 32 / 9),
-    (19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729),
-    (9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656),
-    (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84),  # = b (5th order): FSAL
-)
-# e = b5 - b4, the weights of the local error estimate (7 stages, the last is f at the new point)
-_E = (71 / 57600, 0.0, -71 / 16695, 71 / 1920, -17253 / 339200, 22 / 525, -1 / 40)
+_C, _A, _E = DOPRI5_C, DOPRI5_A, DOPRI5_E  # Dormand–Prince 5(4)
 
 _SAFETY, _MIN_FACTOR, _MAX_FACTOR = 0.9, 0.2, 10.0
 

@@ -15,22 +15,12 @@ import torch
 from torch import Tensor
 
 from ..denoiser import DenoiserFn
+from ..integrate.tableaus import DOPRI5_A, DOPRI5_C, DOPRI5_E
 from .base import Callback, Generator, denoise, report, sigma_list
 
 __all__ = ["sample_adaptive"]
 
-# Dormand & Prince 1980; Hairer, Norsett & Wanner, "Solving ODEs I", Table II.5.2 (FSAL: row 7 = b5).
-_C = (0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0)
-_A = (
-    (),
-    (1 / 5,),
-    (3 / 40, 9 / 40),
-    (44 / 45, -56 / 15, 32 / 9),
-    (19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729),
-    (9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656),
-    (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84),
-)
-_E = (71 / 57600, 0.0, -71 / 16695, 71 / 1920, -17253 / 339200, 22 / 525, -1 / 40)  # b5 - b4
+_C, _A, _E = DOPRI5_C, DOPRI5_A, DOPRI5_E  # Dormand–Prince 5(4)
 
 
 def _bcast(v: Tensor, x: Tensor) -> Tensor:
