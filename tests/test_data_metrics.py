@@ -61,12 +61,14 @@ def test_batch_order_is_epochs_of_permutations_and_shards():
 def test_sliced_w2_closed_form_for_shifted_gaussians():
     """For N(0, I) vs N(m, I) in d dims, SW2^2 = E_theta (theta . m)^2 = |m|^2 / d."""
     g = torch.Generator().manual_seed(0)
-    d, n = 4, 40_000
+    d, n = 4, 10_000
     m = torch.tensor([1.0, -0.5, 0.0, 2.0])
     x = torch.randn(n, d, generator=g)
     y = torch.randn(n, d, generator=g) + m
     expected = float((m**2).sum() / d) ** 0.5
-    assert abs(sliced_wasserstein(x, y, projections=2000) - expected) < 0.03 * expected
+    assert abs(sliced_wasserstein(x, y, projections=1000) - expected) < 0.05 * expected
+    # unequal sizes go through the quantile functions
+    assert abs(sliced_wasserstein(x[:7000], y, projections=1000) - expected) < 0.05 * expected
     assert sliced_wasserstein(x, x) == 0.0
 
 
