@@ -16,7 +16,6 @@ import shutil
 import tempfile
 import time
 
-import torch
 
 from unidm.config import apply_overrides
 from unidm.evaluation.metrics import sliced_wasserstein

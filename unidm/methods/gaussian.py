@@ -14,26 +14,12 @@ from torch import Tensor, nn
 from ..denoiser import Denoiser
 from ..losses import DenoisingLoss
 from ..parameterization import PARAMETERIZATIONS
-from ..processes import NOISE_LEVELS, PROCESSES, GaussianProcess
-from ..samplers import karras_grid, prior_noise, sample, uniform_t_grid
-from ..samplers import grids as _grids
+from ..processes import NOISE_LEVELS, PROCESSES
+from ..samplers import make_grid, prior_noise, sample
 from ..utils import check_choice, check_kwargs
 from .base import GenerativeModel
 
-__all__ = ["GaussianDiffusion", "make_grid"]
-
-
-def make_grid(kind: str, steps: int, process: GaussianProcess, **options) -> Tensor:
-    """A sampling grid of ``steps`` steps for ``process``: ``"karras"`` (``rho=``) or ``"uniform-t"``, or any
-    grid the samplers package registers in ``GRIDS``."""
-    registry = getattr(_grids, "GRIDS", None)
-    if registry is not None and hasattr(_grids, "make_grid"):
-        return _grids.make_grid(kind, steps, process, **options)
-    if kind == "karras":
-        return karras_grid(steps, process.sigma_min, process.sigma_max, **options)
-    if kind == "uniform-t":
-        return uniform_t_grid(process, steps)
-    raise ValueError(f"unknown grid {kind!r}; valid: karras, uniform-t")
+__all__ = ["GaussianDiffusion"]
 
 
 class GaussianDiffusion(GenerativeModel):

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from ..processes import GaussianProcess
+from ..utils import check_kwargs
 
 __all__ = [
     "karras_grid", "uniform_t_grid", "log_snr_grid", "polyexponential_grid", "ddpm_grid", "append_zero",
@@ -166,14 +167,8 @@ _GRID_ALIASES = {"exponential": "log-snr", "logsnr": "log-snr", "uniform_t": "un
 def make_grid(kind: str, steps: int, process: GaussianProcess, **options) -> Tensor:
     """Grid ``kind`` (a key of :data:`GRIDS` or an alias such as ``exponential``) of ``steps`` steps for
     ``process``; ``options`` are the grid's own (``rho``, ``sigma_min``, ``sigma_max``, ``t_min``, ...)."""
-    import inspect
-
     name = _GRID_ALIASES.get(kind, kind)
     if name not in GRIDS:
         raise ValueError(f"unknown grid {kind!r}; valid: {', '.join(sorted(set(GRIDS) | set(_GRID_ALIASES)))}")
-    fn = GRIDS[name]
-    valid = [p for p in inspect.signature(fn).parameters if p not in ("n", "process")]
-    bad = [k for k in options if k not in valid]
-    if bad:
-        raise ValueError(f"unknown option(s) {bad} for grid {name!r}; valid: {', '.join(valid) or '(none)'}")
-    return fn(steps, process, **options)
+    check_kwargs(GRIDS[name], options, f"option(s) for grid {name!r}", exclude=("n", "process"))
+    return GRIDS[name](steps, process, **options)
