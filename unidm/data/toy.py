@@ -1,7 +1,8 @@
 """2-D toy distributions (moons, circles, swiss roll, 8 gaussians, checkerboard, pinwheel, two spirals).
 
-Moons, circles and the swiss roll come from scikit-learn's generators; the others follow their usual definitions
-(Grathwohl et al. 2019, FFJORD, App. C). All are scaled to roughly unit standard deviation per axis.
+Moons and circles are scikit-learn's shapes drawn at random (i.i.d.) angles, the swiss roll is scikit-learn's
+generator; the others follow their usual definitions (Grathwohl et al. 2019, FFJORD, App. C). All are scaled to
+roughly unit standard deviation per axis. Train, held-out and noise-floor sets are independent draws.
 """
 
 from __future__ import annotations
@@ -14,17 +15,23 @@ __all__ = ["TOY_GENERATORS", "make_toy"]
 
 
 def _moons(n, rng, noise):
-    from sklearn import datasets as skd  # imported here: sklearn costs ~1 s at start-up
-
-    x, _ = skd.make_moons(n, noise=noise, random_state=rng)
-    return (x - np.array([0.5, 0.25])) / np.array([0.87, 0.5])
+    # scikit-learn's make_moons places its points at evenly spaced angles, so two of its draws are far closer to each
+    # other than two i.i.d. samples would be (a noise floor too low to reach). Same two half circles, random angles.
+    upper = rng.rand(n) < 0.5
+    a = rng.rand(n) * math.pi
+    x = np.where(upper, np.cos(a), 1 - np.cos(a))
+    y = np.where(upper, np.sin(a), 1 - np.sin(a) - 0.5)
+    pts = np.stack([x, y], 1) + rng.randn(n, 2) * noise
+    return (pts - np.array([0.5, 0.25])) / np.array([0.87, 0.5])
 
 
 def _circles(n, rng, noise):
-    from sklearn import datasets as skd  # imported here: sklearn costs ~1 s at start-up
-
-    x, _ = skd.make_circles(n, noise=noise, factor=0.5, random_state=rng)
-    return x / 0.56
+    # as make_circles (factor 0.5), with random rather than evenly spaced angles (see _moons)
+    outer = rng.rand(n) < 0.5
+    a = rng.rand(n) * 2 * math.pi
+    r = np.where(outer, 1.0, 0.5)
+    pts = np.stack([r * np.cos(a), r * np.sin(a)], 1) + rng.randn(n, 2) * noise
+    return pts / 0.56
 
 
 def _swissroll(n, rng, noise):

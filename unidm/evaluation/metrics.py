@@ -83,12 +83,15 @@ METRICS: dict[str, Callable[[Tensor, Tensor], float]] = {
 }
 
 
-def compare(generated: Tensor, held_out: Tensor, reference: Tensor, metrics: list[str] | None = None) -> dict:
+def compare(generated: Tensor, held_out: Tensor, reference: Tensor | list[Tensor],
+            metrics: list[str] | None = None) -> dict:
     """Each metric between ``generated`` and ``held_out``, with its floor between ``reference`` (an independent
-    real set of the same size) and ``held_out``, and their ratio."""
+    real set of the same size; with a list of them, the mean over the list, since one floor alone varies by
+    tens of percent from draw to draw) and ``held_out``, and their ratio."""
+    references = reference if isinstance(reference, (list, tuple)) else [reference]
     out = {}
     for name in metrics or list(METRICS):
         value = METRICS[name](generated, held_out)
-        floor = METRICS[name](reference, held_out)
+        floor = sum(METRICS[name](r, held_out) for r in references) / len(references)
         out[name] = {"value": value, "floor": floor, "ratio": value / floor if floor > 0 else float("inf")}
     return out

@@ -26,7 +26,8 @@ def evaluate_vectors(samples: Tensor, data) -> dict:
     cross-entropy ``-E_samples log p(x)`` under the true density next to the true entropy."""
     test = data.test[: len(samples)].float()
     samples = samples[: len(test)].float().cpu()
-    out = {"n": len(samples), "metrics": compare(samples, test, reference_set(data, len(test)))}
+    refs = [reference_set(data, len(test), seed=12345 + i) for i in range(3 if "resample" in data.meta else 1)]
+    out = {"n": len(samples), "metrics": compare(samples, test, refs)}
     oracle = data.meta.get("oracle")
     if oracle is not None:
         ce = float(-oracle.log_prob(samples.double()).mean())

@@ -22,8 +22,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .embedding import EMBEDDINGS
+from .mlp import MLP
 
-__all__ = ["UNet", "IMAGE_NETWORKS"]
+__all__ = ["UNet", "ImageMLP", "IMAGE_NETWORKS"]
 
 
 def _groups(channels: int, max_groups: int) -> int:
@@ -212,4 +213,38 @@ def _side_at(image_size: int, level: int) -> int:
     return image_size
 
 
-IMAGE_NETWORKS: dict[str, type[nn.Module]] = {"unet": UNet}
+class ImageMLP(nn.Module):
+    """The residual :class:`~unidm.nn.mlp.MLP` on flattened images: ``F(x_in [B, C, H, W], c_noise [B],
+    class_labels [B] | None) -> [B, C, H, W]``.
+
+    For very small images (8x8 digits: 64 numbers) a dense network sees the whole image in every layer and runs
+    an order of magnitude faster on a CPU than a UNet of similar quality, whose 3x3 convolutions on 8x8 maps are
+    dominated by per-call overhead. It has no notion of locality, so it does not scale to larger images.
+
+    Args:
+        in_channels, image_size: the image shape ``[in_channels, image_size, image_size]`` (filled from the data
+            by :func:`unidm.nn.build_network`); the remaining arguments are :class:`~unidm.nn.mlp.MLP`'s.
+
+    Example:
+        >>> import torch
+        >>> net = ImageMLP(in_channels=1, image_size=8, hidden=32, depth=2)
+        >>> net(torch.randn(3, 1, 8, 8), torch.zeros(3)).shape
+        torch.Size([3, 1, 8, 8])
+    """
+
+    def __init__(self, in_channels: int = 1, image_size: int = 8, hidden: int = 512, depth: int = 3,
+                 embedding: str = "fourier", emb_dim: int = 64, num_classes: int = 0, fourier_scale: float = 1.0):
+        super().__init__()
+        self.in_channels, self.image_size, self.num_classes = in_channels, image_size, num_classes
+        self.mlp = MLP(dim=in_channels * image_size**2, hidden=hidden, depth=depth, embedding=embedding,
+                       emb_dim=emb_dim, num_classes=num_classes, fourier_scale=fourier_scale)
+
+    def forward(self, x: Tensor, c_noise: Tensor, class_labels: Tensor | None = None) -> Tensor:
+        if x.ndim != 4 or x.shape[1:] != (self.in_channels, self.image_size, self.image_size):
+            raise ValueError(f"ImageMLP expects [B, {self.in_channels}, {self.image_size}, {self.image_size}], "
+                             f"got {tuple(x.shape)}")
+        c_noise = c_noise.reshape(-1).expand(x.shape[0])
+        return self.mlp(x.flatten(1), c_noise, class_labels).reshape(x.shape)
+
+
+IMAGE_NETWORKS: dict[str, type[nn.Module]] = {"unet": UNet, "image-mlp": ImageMLP}
