@@ -57,6 +57,16 @@ def test_unet_batch_order_equivariance():
     torch.testing.assert_close(net(x[perm], c[perm], class_labels=y[perm]), out[perm], atol=1e-5, rtol=1e-5)
 
 
+def test_image_mlp_shape_and_build():
+    net = build_network("image-mlp", {"in_channels": 1, "image_size": 8, "num_classes": 10, "dim": 64},
+                        hidden=32, depth=2)
+    x = torch.randn(3, 1, 8, 8)
+    assert net(x, torch.zeros(3)).shape == x.shape
+    assert net(x, torch.zeros(()), class_labels=torch.arange(3)).shape == x.shape  # scalar c_noise broadcasts
+    with pytest.raises(ValueError, match="ImageMLP expects"):
+        net(torch.randn(3, 64), torch.zeros(3))
+
+
 def test_build_network_fills_data_sizes():
     net = build_network("unet", {"in_channels": 1, "image_size": 8, "num_classes": 0, "dim": 64}, **TINY)
     assert net.in_channels == 1 and net(torch.randn(2, 1, 8, 8), torch.zeros(2)).shape == (2, 1, 8, 8)
@@ -182,7 +192,7 @@ def test_tiny_training_run_and_pictures(tmp_path):
 
     cfg = apply_overrides(get_preset("digits-edm"), [
         "train.steps=4", "train.batch_size=16", "train.log_every=2", "train.progress=false",
-        "model.channels=8", "model.groups=4"])
+        "model.hidden=32"])
     data = build_data(cfg)
     model = build_model(cfg, data)
     train(model, data, cfg.train, str(tmp_path / "run"), config_dict=cfg.to_dict(), log=lambda s: None)
