@@ -18,16 +18,10 @@ from unidm.train import (CheckpointError, latest_checkpoint, list_checkpoints, l
                          param_digest, train, verify_checkpoint)
 from unidm.train.checkpoint import _sha256
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 TINY = ["model.hidden=32", "model.depth=1", "train.batch_size=64", "data.n_train=2000", "data.n_test=500",
         "train.progress=false", "train.num_threads=1", "train.steps=30", "train.ckpt_every=10", "train.warmup=5"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _build(*overrides):

@@ -16,20 +16,13 @@ from unidm.config import RunConfig, apply_overrides
 from unidm.run import build_data, build_model
 from unidm.train import list_checkpoints, load_checkpoint, param_digest, train
 
-pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
-                                reason="torch.distributed with gloo is not available")
+pytestmark = [pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
+                                 reason="torch.distributed with gloo is not available"),
+              pytest.mark.usefixtures("one_thread")]
 
 ARGS = ["moons-edm", "model.hidden=32", "model.depth=1", "train.batch_size=64", "data.n_train=2000",
         "data.n_test=500", "train.progress=false", "train.num_threads=1", "train.warmup=5", "train.steps=20",
         "train.ckpt_every=10", "train.keep_last=0", "train.log_every=1", "sample.n=16", "sample.steps=2"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _torchrun(out, *args):

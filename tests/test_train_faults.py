@@ -20,17 +20,11 @@ from unidm.run import build_data, build_model
 from unidm.train import (TrainingDiverged, latest_checkpoint, list_checkpoints, load_checkpoint, param_digest,
                          train)
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 TINY = ["model.hidden=32", "model.depth=1", "train.batch_size=64", "data.n_train=2000", "data.n_test=500",
         "train.progress=false", "train.num_threads=1", "train.warmup=5"]
 QUIET = {"log": lambda s: None}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _build(*overrides, seed=0):
