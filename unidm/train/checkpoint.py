@@ -88,33 +88,15 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder, fsync, rename."""
+def _atomic_replace(path: str, suffix: str, write: Callable[[str], None]) -> None:
+    """``write(tmp)`` a temporary file beside ``path``, fsync it, rename it over ``path``, fsync the folder; on any
+    error the temporary file is removed and ``path`` is left as it was."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=_TMP_PREFIX, suffix=os.path.basename(path))
-    try:
-        _publish_mode(tmp)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(folder)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str, metadata: dict | None = None) -> None:
-    """Save tensors (moved to CPU) as safetensors at ``path`` via a temporary file, fsync, rename."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=_TMP_PREFIX, suffix=".safetensors")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=_TMP_PREFIX, suffix=suffix)
     os.close(fd)
     try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        write(tmp)
         _publish_mode(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
@@ -124,6 +106,22 @@ def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str, metadat
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same folder, fsync, rename."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            f.write(data)
+
+    _atomic_replace(path, os.path.basename(path), write)
+
+
+def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str, metadata: dict | None = None) -> None:
+    """Save tensors (moved to CPU) as safetensors at ``path`` via a temporary file, fsync, rename."""
+    cpu = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    _atomic_replace(path, ".safetensors", lambda tmp: save_file(cpu, tmp, metadata=metadata))
 
 
 def _check_safetensors_header(head: bytes, size: int, path: str) -> None:
