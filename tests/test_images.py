@@ -142,6 +142,22 @@ def test_frechet_distance_closed_form():
     assert im.frechet_distance(a, a) < 1e-8
 
 
+def test_frechet_floor_is_the_whole_training_split_when_samples_are_as_many():
+    # with as many samples as training images the floor depends on no draw: the training split itself
+    d = digits_dataset()
+    r1 = im.evaluate_images(d.train, d, c2st_test=False, recipe=FAST, seed=1)
+    r2 = im.evaluate_images(d.train, d, c2st_test=False, recipe=FAST, seed=2)
+    assert r1["n_frechet"] == len(d.train) and r1["n"] == len(d.test)
+    f1, f2 = r1["metrics"]["frechet"], r2["metrics"]["frechet"]
+    assert abs(f1["floor"] - f2["floor"]) < 1e-9  # the same images in another order
+    assert abs(f1["value"] - f1["floor"]) < 1e-9  # the samples are the training images
+    # with held-out-many samples the floor is a draw of training images, and two draws differ
+    s1 = im.evaluate_images(d.train[: len(d.test)], d, c2st_test=False, recipe=FAST, seed=1)
+    s2 = im.evaluate_images(d.train[: len(d.test)], d, c2st_test=False, recipe=FAST, seed=2)
+    assert s1["n_frechet"] == len(d.test)
+    assert s1["metrics"]["frechet"]["floor"] != s2["metrics"]["frechet"]["floor"]
+
+
 def test_metrics_near_floor_for_two_halves_and_large_for_noise():
     d = digits_dataset()
     g = torch.Generator().manual_seed(1)

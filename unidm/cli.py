@@ -151,7 +151,9 @@ def cmd_eval(args) -> int:
 
     run = load_run(args.run, device=args.device or "cpu")
     s = run.config.sample
-    n = args.n or min(len(run.data.test), 10_000)
+    # images: as many samples as training images, so the Fréchet floor is the whole training split's (no draw)
+    default_n = max(len(run.data.test), len(run.data.train)) if run.data.kind == "image" else len(run.data.test)
+    n = args.n or min(default_n, 10_000)
     sampler, steps = args.sampler or s.sampler, args.steps or s.steps
     t0 = time.perf_counter()
     samples = torch.cat([
@@ -217,7 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("eval", help="sample quality against held-out data, with noise floors")
     sp.add_argument("run")
     sp.add_argument("--json", action="store_true")
-    sp.add_argument("-n", type=int, help="number of samples (default: held-out size, at most 10000)")
+    sp.add_argument("-n", type=int,
+                    help="number of samples (default: held-out size, or training size for images; at most 10000)")
     sp.add_argument("--sampler")
     sp.add_argument("--steps", type=int)
     sp.add_argument("--device")
