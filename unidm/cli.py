@@ -165,7 +165,9 @@ def cmd_eval(args) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
-    print(f"{args.run} (step {run.step}), {report['n']} samples, {sampler} {steps} steps")
+    counts = (f"{report['n_frechet']} samples ({report['n']} of them for precision, recall, memorization, c2st)"
+              if "n_frechet" in report else f"{report['n']} samples")
+    print(f"{args.run} (step {run.step}), {counts}, {sampler} {steps} steps")
     print(f"{'metric':14s} {'value':>12s} {'floor':>12s} {'ratio':>8s}")
     for name, m in report["metrics"].items():
         print(f"{name:14s} {m['value']:12.5f} {m['floor']:12.5f} {m['ratio']:8.2f}")
@@ -174,7 +176,8 @@ def cmd_eval(args) -> int:
         print(f"cross-entropy under the true density {ce['value']:.4f} nats; true entropy {ce['entropy']:.4f} "
               f"(gap {ce['gap']:+.4f})")
     for key, value in report.items():
-        if key not in ("run", "step", "sampler", "steps", "sample_seconds", "n", "metrics", "cross_entropy"):
+        if key not in ("run", "step", "sampler", "steps", "sample_seconds", "n", "n_frechet", "metrics",
+                       "cross_entropy"):
             print(f"{key}: {value}")
     return 0
 
