@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from unidm.data.mixtures import grid, random_mixture, ring
-from unidm.guidance import ClassifierFreeGuidance, ClassifierGuidance, MixtureClassOracle, rescale_guided
+from unidm.guidance import AutoGuidance, ClassifierFreeGuidance, ClassifierGuidance, MixtureClassOracle, rescale_guided
 from unidm.oracles import GaussianOracle
 
 SIGMAS = [0.05, 0.3, 1.0, 4.0]
@@ -319,3 +319,85 @@ def test_classifier_preconditioning_keeps_the_guidance_term_bounded_at_large_sig
     x = 1000.0 * torch.randn(64, 2, generator=g, dtype=torch.float64)
     term = ClassifierGuidance(lambda x, s, **c: torch.zeros_like(x), exact.logits, 1.0)(x, 1000.0, class_labels=y)
     assert float(term.norm(dim=1).max()) < 2 * 1.5 + 1e-6
+
+
+@pytest.mark.parametrize("w", [0.0, 1.0, 2.0, 3.5])
+def test_autoguidance_of_gaussians_matches_the_closed_form_flow(w):
+    # D_w = D_bad + w (D_good - D_bad) for zero-mean Gaussians is k(sigma) x with 1 - k = (1 - w)(1 - k_bad) +
+    # w (1 - k_good), so the PF-ODE dx/dsigma = (1 - k) x / sigma maps x(S) to x(0) times
+    # sqrt((v_bad / (v_bad + S^2))^(1 - w) (v_good / (v_good + S^2))^w)
+    from unidm.samplers import karras_grid, sample
+
+    one = torch.ones(1, dtype=torch.float64)
+    v_good, v_bad, S = 0.5, 2.0, 80.0
+    D = AutoGuidance(GaussianOracle(0 * one, v_good * one), GaussianOracle(0 * one, v_bad * one), scale=w)
+    x = torch.tensor([[1.0], [-3.0]], dtype=torch.float64) * S
+    ratio = math.sqrt((v_bad / (v_bad + S**2)) ** (1 - w) * (v_good / (v_good + S**2)) ** w)
+    errs = []
+    for steps in (200, 400):
+        out = sample(D, x, karras_grid(steps, 1e-4, S), "heun")
+        errs.append(float((out / x / ratio - 1).abs().max()))
+    assert errs[1] < 1e-3
+    assert 1.7 < math.log2(errs[0] / errs[1]) < 2.3  # Heun's order 2 towards the closed form
+
+
+def test_autoguidance_weight_one_is_the_good_model_and_the_interval_switches_it_off():
+    one = torch.ones(2, dtype=torch.float64)
+    good, bad = GaussianOracle(0 * one, one), GaussianOracle(one, 3 * one)
+    calls = []
+
+    def counting_bad(x, sigma, **cond):
+        calls.append(len(x))
+        return bad(x, sigma)
+
+    x = torch.randn(4, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    sigma = torch.tensor([0.1, 0.5, 2.0, 9.0], dtype=torch.float64)
+    torch.testing.assert_close(AutoGuidance(good, counting_bad, 1.0)(x, sigma), good(x, sigma))
+    assert calls == []  # w = 1: one pass of the good model only
+    out = AutoGuidance(good, counting_bad, 2.5, sigma_lo=0.3, sigma_hi=3.0)(x, sigma)
+    assert calls == [2]  # the bad model sees only the rows inside the interval
+    inside = torch.tensor([False, True, True, False])
+    torch.testing.assert_close(out[~inside], good(x[~inside], sigma[~inside]))
+    expect = bad(x[inside], sigma[inside]) + 2.5 * (good(x[inside], sigma[inside]) - bad(x[inside], sigma[inside]))
+    torch.testing.assert_close(out[inside], expect)
+
+
+def test_autoguidance_from_the_command_line_options_with_an_early_checkpoint(tmp_path):
+    """An unconditional tiny EDM model on gmm-ring guided by its own step-100 EMA checkpoint: w = 1 is the model
+    itself, bit for bit; w = 2 moves samples towards higher true density (the weak model's extra blur is
+    extrapolated away)."""
+    import argparse
+
+    from unidm.commands.guidance import generate_options
+    from unidm.config import RunConfig
+    from unidm.run import build_data, build_model, load_run
+    from unidm.train import train
+
+    cfg = RunConfig.from_dict(_small("gmm-ring-edm", hidden=64, depth=2))
+    cfg.train.steps, cfg.train.progress, cfg.train.device = 400, False, "cpu"
+    cfg.train.ckpt_every, cfg.train.log_every, cfg.train.keep_last = 100, 100, 5
+    data = build_data(cfg)
+    train(build_model(cfg, data), data, cfg.train, str(tmp_path / "run"), config_dict=cfg.to_dict(),
+          log=lambda s: None)
+    run = load_run(str(tmp_path / "run"))
+    oracle, n = run.data.meta["oracle"], 2000
+
+    def ns(**kw):
+        base = dict(class_label=None, guidance="auto", guide=str(tmp_path / "run" / "state" / "step_00000100"),
+                    scale=1.0, classifier=None, sigma_lo=0.0, sigma_hi=math.inf, rescale=0.0)
+        return argparse.Namespace(**{**base, **kw})
+
+    def draw(**opts):
+        return run.model.generate(n, seeds=range(n), steps=16, **opts)
+
+    plain = draw()
+    assert torch.equal(draw(**generate_options(run, ns(scale=1.0))), plain)
+    guided = draw(**generate_options(run, ns(scale=2.0)))
+    nll = lambda x: float(-oracle.log_prob(x.double()).mean())  # noqa: E731
+    assert nll(guided) < nll(plain) - 0.3, (nll(guided), nll(plain))
+    with pytest.raises(ValueError, match="--guide"):
+        generate_options(run, ns(guide=None))
+    with pytest.raises(ValueError, match="neither a run folder"):
+        generate_options(run, ns(guide=str(tmp_path)))
+    with pytest.raises(ValueError, match="--guidance auto"):
+        generate_options(run, ns(guidance=None))

@@ -27,6 +27,10 @@ of the *conditional* denoiser ``E[x0 | x, y]`` (CFG: ``D(x | y)`` alone, one pas
 eq. 15-16): the guided prediction is scaled to the per-example standard deviation of the conditional one and
 mixed back with weight ``phi = rescale``; applied here to the x0 prediction ``D``.
 
+:class:`AutoGuidance` (Karras et al. 2024) guides a model with a weaker version of itself,
+``D_w = D_bad + w (D_good - D_bad)``, with the same scale convention (``w = 1``: the good model alone); it needs no
+classes.
+
 Also here: :class:`MixtureClassOracle`, the exact class-conditional denoiser and exact classifier
 ``p(y | x, sigma)`` of a Gaussian mixture whose components are the classes (the closed forms the tests use).
 """
@@ -42,7 +46,7 @@ from .denoiser import DenoiserFn, as_sigma_batch
 from .oracles import GaussianMixtureOracle
 
 __all__ = [
-    "ClassifierFreeGuidance", "ClassifierGuidance", "MixtureClassOracle", "classifier_log_prob_grad",
+    "ClassifierFreeGuidance", "ClassifierGuidance", "AutoGuidance", "MixtureClassOracle", "classifier_log_prob_grad",
     "rescale_guided", "guidance_mask", "infer_null_label",
 ]
 
@@ -153,6 +157,58 @@ class ClassifierFreeGuidance:
     def __repr__(self) -> str:
         return (f"ClassifierFreeGuidance(scale={self.scale}, interval=[{self.sigma_lo}, {self.sigma_hi}], "
                 f"rescale={self.rescale}, null_label={self.null_label})")
+
+
+class AutoGuidance:
+    """Autoguidance (Karras et al. 2024, "Guiding a Diffusion Model with a Bad Version of Itself", eq. 2 and
+    Sec. 3): guide a model with a weaker version of itself (fewer training steps, a smaller network) instead of an
+    unconditional model, ``D_w = D_bad + w (D_good - D_bad)``; no class is needed.
+
+    Both models make the same kind of errors, the weaker one more: extrapolating away from it removes what the
+    good model gets wrong, which concentrates samples where the good model is sure (the too-broad outskirts of an
+    under-trained model). For two zero-mean Gaussians with variances ``v_good, v_bad`` the probability-flow ODE
+    of ``D_w`` maps ``x(sigma_max)`` to ``x(0)`` times
+    ``[(v_bad / (v_bad + sigma_max^2))^(1 - w) (v_good / (v_good + sigma_max^2))^w]^(1/2)`` (tested), a geometric
+    extrapolation of the variance from the bad model through the good one.
+
+    Args:
+        denoiser: the good model ``D(x, sigma, **cond)``.
+        guide: the bad model, same signature (e.g. an early EMA checkpoint of the same run).
+        scale: the weight ``w`` (1: the good model alone, one pass; > 1 stronger).
+        sigma_lo, sigma_hi: the guidance interval (weight 1 outside, as for the other wrappers).
+
+    Example:
+        >>> import torch
+        >>> from unidm.oracles import GaussianOracle
+        >>> good = GaussianOracle(torch.zeros(1, dtype=torch.float64), torch.ones(1, dtype=torch.float64))
+        >>> bad = GaussianOracle(torch.zeros(1, dtype=torch.float64), torch.full((1,), 2.0, dtype=torch.float64))
+        >>> D = AutoGuidance(good, bad, scale=2.0)
+        >>> x, s = torch.ones(1, 1, dtype=torch.float64), torch.ones(1, dtype=torch.float64)
+        >>> round(float(D(x, s)[0, 0]), 6)  # 2/3 + 2 (1/2 - 2/3)
+        0.333333
+    """
+
+    def __init__(self, denoiser: DenoiserFn, guide: DenoiserFn, scale: float, sigma_lo: float = 0.0,
+                 sigma_hi: float = math.inf):
+        _check_interval(sigma_lo, sigma_hi)
+        if not math.isfinite(scale):
+            raise ValueError(f"guidance scale must be finite, got {scale}")
+        self.denoiser, self.guide, self.scale = denoiser, guide, float(scale)
+        self.sigma_lo, self.sigma_hi = float(sigma_lo), float(sigma_hi)
+
+    def __call__(self, x: Tensor, sigma: Tensor | float, **cond) -> Tensor:
+        sigma = as_sigma_batch(sigma, x)
+        d_good = self.denoiser(x, sigma, **cond)
+        idx = guidance_mask(sigma, self.sigma_lo, self.sigma_hi).nonzero().reshape(-1)
+        if self.scale == 1.0 or idx.numel() == 0:
+            return d_good
+        sub = {k: (v[idx] if isinstance(v, Tensor) and v.ndim > 0 and v.shape[0] == x.shape[0] else v)
+               for k, v in cond.items()}
+        d_bad = self.guide(x[idx], sigma[idx], **sub)
+        return d_good.index_copy(0, idx, d_bad + self.scale * (d_good[idx] - d_bad))
+
+    def __repr__(self) -> str:
+        return f"AutoGuidance(scale={self.scale}, interval=[{self.sigma_lo}, {self.sigma_hi}])"
 
 
 def classifier_log_prob_grad(classifier, x: Tensor, sigma: Tensor, y: Tensor) -> Tensor:

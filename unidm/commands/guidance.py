@@ -1,4 +1,5 @@
-"""Guided sampling from the command line: ``unidm sample DIR --class K --guidance cfg|classifier --scale W``.
+"""Guided sampling from the command line: ``unidm sample DIR --class K --guidance cfg|classifier --scale W``, and
+autoguidance by a weaker version of the model, ``unidm sample DIR --guidance auto --guide DIR/state/step_N --scale W``.
 
 The noise-conditional classifier is trained like any run (``unidm train digits-classifier --out runs/clf``, family
 ``classifier``); this module turns a loaded run and the flags into the denoiser ``generate`` should use.
@@ -22,13 +23,13 @@ import warnings
 import torch
 
 from ..denoiser import DenoiserFn
-from ..guidance import ClassifierFreeGuidance, ClassifierGuidance
+from ..guidance import AutoGuidance, ClassifierFreeGuidance, ClassifierGuidance
 
-__all__ = ["GUIDANCE", "guided_denoiser_for", "load_classifier", "add_sample_arguments", "generate_options",
+__all__ = ["GUIDANCE", "guided_denoiser_for", "load_classifier", "load_guide", "add_sample_arguments", "generate_options",
            "classifier_summary"]
 
 #: the values of ``--guidance``
-GUIDANCE = ("cfg", "classifier")
+GUIDANCE = ("cfg", "classifier", "auto")
 
 
 def load_classifier(path: str, device: str | torch.device = "cpu"):
@@ -43,14 +44,42 @@ def load_classifier(path: str, device: str | torch.device = "cpu"):
     return run
 
 
+def load_guide(run, path: str) -> DenoiserFn:
+    """The weaker model for autoguidance: a run folder (its EMA weights) or one of ``run``'s own checkpoint
+    folders ``DIR/state/step_N`` (its EMA weights at that step), as a denoiser of the same data shape."""
+    import copy
+    import os
+
+    from ..run import load_run
+    from ..train.checkpoint import load_checkpoint
+
+    if os.path.isfile(os.path.join(path, "config.json")):
+        guide = load_run(path, device=run.model.device).model
+    elif os.path.isfile(os.path.join(path, "state.json")):
+        guide = copy.deepcopy(run.model)
+        guide.load_state_dict(load_checkpoint(path, device=run.model.device).ema)
+    else:
+        raise ValueError(f"--guide {path} is neither a run folder (config.json) nor a checkpoint folder (state.json, "
+                         "e.g. RUN/state/step_00001000)")
+    if getattr(guide, "denoiser", None) is None:
+        raise ValueError(f"--guide {path} is not a Gaussian diffusion/flow model")
+    if tuple(getattr(guide, "data_shape", ())) != tuple(getattr(run.model, "data_shape", ())):
+        raise ValueError(f"--guide {path} models data of shape {tuple(guide.data_shape)}, the run "
+                         f"{tuple(run.model.data_shape)}")
+    guide.eval()
+    return guide.denoiser
+
+
 def guided_denoiser_for(run, guidance: str, scale: float, classifier_dir: str | None = None,
-                        sigma_lo: float = 0.0, sigma_hi: float = math.inf, rescale: float = 0.0) -> DenoiserFn:
+                        sigma_lo: float = 0.0, sigma_hi: float = math.inf, rescale: float = 0.0,
+                        guide_dir: str | None = None) -> DenoiserFn:
     """The guided denoiser of a loaded Gaussian ``run`` (:func:`unidm.run.load_run`).
 
     Args:
         guidance: ``"cfg"`` (the run must be class-conditional with label dropout) or ``"classifier"`` (the
             run's own unconditional prediction, i.e. its null label if it is conditional, plus the gradient of the
-            classifier in ``classifier_dir``).
+            classifier in ``classifier_dir``) or ``"auto"`` (autoguidance by the weaker model in ``guide_dir``, see
+            :func:`load_guide`; no class needed).
         scale: the guidance weight ``w`` (0 unconditional, 1 conditional; see :mod:`unidm.guidance`).
         sigma_lo, sigma_hi: the guidance interval; ``rescale``: CFG rescale ``phi`` (cfg only).
 
@@ -64,6 +93,13 @@ def guided_denoiser_for(run, guidance: str, scale: float, classifier_dir: str | 
                          f"{run.config.family!r}")
     num_classes = int(getattr(model, "num_classes", 0))
     label_dropout = float(getattr(model, "label_dropout", 0.0))
+    if guidance == "auto":
+        if guide_dir is None:
+            raise ValueError("--guidance auto needs --guide DIR (a weaker run, or a checkpoint folder "
+                             "RUN/state/step_N of this one)")
+        if rescale:
+            raise ValueError("--rescale applies to classifier-free guidance only")
+        return AutoGuidance(base, load_guide(run, guide_dir), scale, sigma_lo, sigma_hi)
     if guidance == "cfg":
         if num_classes == 0:
             raise ValueError(f"--guidance cfg needs a class-conditional run trained with label dropout; {run.path} "
@@ -101,7 +137,10 @@ def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``unidm sample`` flags of conditional and guided sampling."""
     parser.add_argument("--class", dest="class_label", type=int, metavar="K",
                         help="draw samples of class K (a conditional run alone: the conditional model, w = 1)")
-    parser.add_argument("--guidance", choices=GUIDANCE, help="cfg (classifier-free) or classifier; needs --class")
+    parser.add_argument("--guidance", choices=GUIDANCE,
+                        help="cfg (classifier-free) or classifier, both with --class; auto (autoguidance, --guide)")
+    parser.add_argument("--guide", metavar="DIR", help="weaker model for --guidance auto: a run folder or a "
+                                                       "checkpoint folder RUN/state/step_N")
     parser.add_argument("--scale", type=float, default=1.0,
                         help="guidance weight w: 0 unconditional, 1 conditional, >1 stronger (Ho & Salimans' "
                              "w is W - 1)")
@@ -115,6 +154,14 @@ def generate_options(run, args: argparse.Namespace) -> dict:
     """``{"class_labels": K, "denoiser": D}`` (or ``{}``) for ``run.model.generate`` from the sample flags."""
     k = getattr(args, "class_label", None)
     guidance = getattr(args, "guidance", None)
+    if getattr(args, "guide", None) and guidance != "auto":
+        raise ValueError("--guide is used with --guidance auto")
+    if guidance == "auto":
+        opts = {"denoiser": guided_denoiser_for(run, "auto", args.scale, sigma_lo=args.sigma_lo,
+                                                sigma_hi=args.sigma_hi, rescale=args.rescale, guide_dir=args.guide)}
+        if k is not None:  # a conditional run: both models see the class
+            opts.update(generate_options(run, argparse.Namespace(class_label=k)))
+        return opts
     if k is None:
         if guidance is not None:
             raise ValueError("--guidance needs --class K (the class to guide towards)")
