@@ -25,8 +25,8 @@ import torch
 from ..denoiser import DenoiserFn
 from ..guidance import AutoGuidance, ClassifierFreeGuidance, ClassifierGuidance
 
-__all__ = ["GUIDANCE", "guided_denoiser_for", "load_classifier", "load_guide", "add_sample_arguments", "generate_options",
-           "classifier_summary"]
+__all__ = ["GUIDANCE", "guided_denoiser_for", "load_classifier", "load_guide", "add_sample_arguments",
+           "generate_options", "classifier_summary"]
 
 #: the values of ``--guidance``
 GUIDANCE = ("cfg", "classifier", "auto")
