@@ -1,7 +1,7 @@
 """Presets for the 2-D toys and analytic mixtures: every dataset with each of vp, ve, edm and flow.
 
 Sampling defaults (measured on ``gmm-ring``, whose cross-entropy under the true density sees a blur of a third of a
-component's width; docs/training.md): Heun with 64 steps (127 NFE), and for EDM ``sigma_max = 20``. The
+component's width; docs/toys.md): Heun with 64 steps (127 NFE), and for EDM ``sigma_max = 20``. The
 probability-flow ODE of a mixture of narrow components (std 0.15) bends sharply where the components separate
 (sigma ~ 0.1-1), and with the *exact* denoiser Heun's discretization error alone costs +0.031 nats at 32 steps from
 sigma 80, +0.013 at 64 steps from 80, +0.009 at 64 from 20. EDM's sigma_max = 80 was chosen for images with
