@@ -244,3 +244,14 @@ def test_safetensors_loader_rejects_foreign_and_truncated_files(tmp_path):
     _truncate(good)
     with pytest.raises(CheckpointError, match="w.safetensors"):
         load_safetensors(good)
+
+
+def test_load_weights_refuses_a_state_of_another_model_naming_both():
+    from torch import nn
+
+    from unidm.run import load_weights
+    from unidm.train import CheckpointError
+
+    with pytest.raises(CheckpointError, match="guide.safetensors does not match the run's model: missing"):
+        load_weights(nn.Linear(2, 2), nn.Sequential(nn.Linear(2, 2)).state_dict(), "guide.safetensors",
+                     "the run's model")

@@ -93,12 +93,19 @@ def rescale_guided(guided: Tensor, cond: Tensor, phi: float) -> Tensor:
     return phi * guided * ratio + (1 - phi) * guided
 
 
+def _per_example(v, batch: int) -> bool:
+    """Whether a conditioning value is a per-example tensor ``[B, ...]`` (else it is shared by the batch)."""
+    return isinstance(v, Tensor) and v.ndim > 0 and v.shape[0] == batch
+
+
 def _split_cond(cond: dict, batch: int, idx: Tensor) -> dict:
     """Extend per-example conditioning tensors ``[B, ...]`` by the rows ``idx`` (for the unconditional half)."""
-    out = {}
-    for k, v in cond.items():
-        out[k] = torch.cat([v, v[idx]]) if isinstance(v, Tensor) and v.ndim > 0 and v.shape[0] == batch else v
-    return out
+    return {k: torch.cat([v, v[idx]]) if _per_example(v, batch) else v for k, v in cond.items()}
+
+
+def _take_cond(cond: dict, batch: int, idx: Tensor) -> dict:
+    """The rows ``idx`` of per-example conditioning tensors ``[B, ...]``; shared values as they are."""
+    return {k: v[idx] if _per_example(v, batch) else v for k, v in cond.items()}
 
 
 class ClassifierFreeGuidance:
@@ -202,9 +209,7 @@ class AutoGuidance:
         idx = guidance_mask(sigma, self.sigma_lo, self.sigma_hi).nonzero().reshape(-1)
         if self.scale == 1.0 or idx.numel() == 0:
             return d_good
-        sub = {k: (v[idx] if isinstance(v, Tensor) and v.ndim > 0 and v.shape[0] == x.shape[0] else v)
-               for k, v in cond.items()}
-        d_bad = self.guide(x[idx], sigma[idx], **sub)
+        d_bad = self.guide(x[idx], sigma[idx], **_take_cond(cond, x.shape[0], idx))
         return d_good.index_copy(0, idx, d_bad + self.scale * (d_good[idx] - d_bad))
 
     def __repr__(self) -> str:

@@ -14,7 +14,7 @@ from .methods import FAMILIES, GenerativeModel
 from .train.checkpoint import CheckpointError, latest_checkpoint, load_safetensors
 from .utils import check_choice
 
-__all__ = ["Run", "build_data", "build_model", "load_run"]
+__all__ = ["Run", "build_data", "build_model", "load_run", "load_weights"]
 
 
 def build_data(cfg: RunConfig) -> Dataset:
@@ -42,6 +42,14 @@ class Run:
     model: GenerativeModel
     data: Dataset
     step: int
+
+
+def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str, target: str) -> None:
+    """Load ``state`` into ``model``; a state that does not match it key for key is refused with
+    ``CheckpointError`` naming ``source`` (where the weights came from) and ``target`` (what they were meant for)."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"{source} does not match {target}: missing {missing[:4]}, unexpected {unexpected[:4]}")
 
 
 def load_run(path: str, device: str | torch.device = "cpu", weights: str = "ema") -> Run:
@@ -76,9 +84,6 @@ def load_run(path: str, device: str | torch.device = "cpu", weights: str = "ema"
             raise CheckpointError(f"{e}; and no whole checkpoint under {path}/state to fall back on") from e
         print(f"warning: {e}; using {ck.path}")
         state, step = (ck.ema if weights == "ema" else ck.model), ck.step
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise CheckpointError(f"{wpath} does not match the model of {cfg_path}: missing {missing[:4]}, "
-                              f"unexpected {unexpected[:4]}")
+    load_weights(model, state, wpath, f"the model of {cfg_path}")
     model.to(device).eval()
     return Run(path, cfg, model, data, step)

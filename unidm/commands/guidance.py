@@ -50,14 +50,14 @@ def load_guide(run, path: str) -> DenoiserFn:
     import copy
     import os
 
-    from ..run import load_run
+    from ..run import load_run, load_weights
     from ..train.checkpoint import load_checkpoint
 
     if os.path.isfile(os.path.join(path, "config.json")):
         guide = load_run(path, device=run.model.device).model
     elif os.path.isfile(os.path.join(path, "state.json")):
         guide = copy.deepcopy(run.model)
-        guide.load_state_dict(load_checkpoint(path, device=run.model.device).ema)
+        load_weights(guide, load_checkpoint(path, device=run.model.device).ema, path, f"the model of {run.path}")
     else:
         raise ValueError(f"--guide {path} is neither a run folder (config.json) nor a checkpoint folder (state.json, "
                          "e.g. RUN/state/step_00001000)")
