@@ -228,3 +228,46 @@ def test_presets_build(name):
     cfg = get_preset(name)
     model = build_model(cfg, build_data(cfg))
     assert model.loss({"x": torch.randn(2, 1, 8, 8)}).shape == (2,)
+
+
+def test_draw_labels_follow_the_class_prior_and_depend_on_the_seed_alone():
+    d = digits_dataset()
+    prior = d.class_prior()
+    torch.testing.assert_close(prior.sum(), torch.tensor(1.0, dtype=torch.float64))
+    n = 20000
+    labels = d.draw_labels(range(n))
+    freq = torch.bincount(labels, minlength=d.num_classes).double() / n
+    assert labels.dtype == torch.long and int(labels.min()) >= 0 and int(labels.max()) < d.num_classes
+    # each frequency within 4 binomial standard deviations of its class prior
+    assert ((freq - prior).abs() <= 4 * (prior * (1 - prior) / n).sqrt()).all()
+    assert torch.equal(d.draw_labels(range(7, 12)), labels[7:12])  # label i depends on seed i alone
+    with pytest.raises(ValueError, match="no class labels"):
+        type(d)("plain", d.train, d.test, kind="image").class_prior()
+
+
+def test_conditional_run_is_sampled_with_labels_from_the_class_prior(tmp_path):
+    """``unidm sample`` of a class-conditional run without ``--class`` draws one label per seed from the training
+    class frequencies (the samples then follow the data distribution); ``--null-label`` uses the unconditional
+    model, ``--class K`` class K."""
+    from unidm.cli import main
+    from unidm.run import load_run
+
+    out = str(tmp_path / "run")
+    assert main(["train", "digits-edm", "--out", out, "train.steps=4", "train.batch_size=16", "train.progress=false",
+                 "model.hidden=32", "method.conditional=true", "method.label_dropout=0.2", "sample.steps=3",
+                 "train.ckpt_every=4"]) == 0
+    run = load_run(out)
+    seeds = range(3, 9)
+    common = ["sample", out, "-n", "6", "--seed", "3", "--sampler", "euler", "--steps", "3"]
+    expect = {
+        "prior": run.model.generate(6, seeds=seeds, sampler="euler", steps=3,
+                                    class_labels=run.data.draw_labels(seeds)),
+        "null": run.model.generate(6, seeds=seeds, sampler="euler", steps=3),
+        "class": run.model.generate(6, seeds=seeds, sampler="euler", steps=3, class_labels=4),
+    }
+    flags = {"prior": [], "null": ["--null-label"], "class": ["--class", "4"]}
+    for name, extra in flags.items():
+        npz = str(tmp_path / f"{name}.npz")
+        assert main([*common, *extra, "--out", npz]) == 0
+        torch.testing.assert_close(torch.from_numpy(np.load(npz)["samples"]), expect[name])
+    assert not torch.allclose(expect["prior"], expect["null"])

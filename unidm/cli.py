@@ -89,8 +89,9 @@ def cmd_train(args) -> int:
     s = cfg.sample
     t0 = time.perf_counter()
     n_pic = min(s.n, 2000 if data.kind == "vector" else 64)
-    samples = run.model.generate(n_pic, seeds=range(s.seed, s.seed + n_pic), sampler=s.sampler, steps=s.steps,
-                                 grid=s.grid)
+    seeds = range(s.seed, s.seed + n_pic)
+    samples = run.model.generate(n_pic, seeds=seeds, sampler=s.sampler, steps=s.steps, grid=s.grid,
+                                 **guidance.prior_labels(run, seeds))
     path = plot_samples(samples.cpu(), data, os.path.join(out, "samples.png"),
                         title=f"{cfg.name}: {s.sampler}, {s.steps} steps")
     print(f"samples: {path} ({time.perf_counter() - t0:.1f} s)")
@@ -98,7 +99,7 @@ def cmd_train(args) -> int:
         from .evaluation.image_plots import plot_trajectory
 
         strip = plot_trajectory(run.model, data, os.path.join(out, "trajectory.png"), sampler=s.sampler,
-                                steps=s.steps, grid=s.grid)
+                                steps=s.steps, grid=s.grid, **guidance.prior_labels(run, range(6)))
         print(f"denoising trajectory: {strip}")
     return 0
 
@@ -133,7 +134,8 @@ def cmd_sample(args) -> int:
     for start in range(0, args.n, args.batch_size):
         chunk = seeds[start:start + args.batch_size]
         chunks.append(run.model.generate(len(chunk), seeds=chunk, sampler=sampler, steps=steps, grid=grid,
-                                         **extra, **_sampler_options(args.option)).cpu())
+                                         **extra, **guidance.prior_labels(run, chunk, args),
+                                         **_sampler_options(args.option)).cpu())
     x = torch.cat(chunks)
     dt = time.perf_counter() - t0
     out = args.out or os.path.join(args.run, "samples.npz")
@@ -146,6 +148,7 @@ def cmd_sample(args) -> int:
 
 
 def cmd_eval(args) -> int:
+    from .commands import guidance
     from .evaluation.sample_quality import evaluate_samples
     from .run import load_run
 
@@ -157,10 +160,13 @@ def cmd_eval(args) -> int:
     sampler, steps = args.sampler or s.sampler, args.steps or s.steps
     t0 = time.perf_counter()
     samples = torch.cat([
-        run.model.generate(len(c), seeds=c, sampler=sampler, steps=steps, grid=s.grid).cpu()
+        run.model.generate(len(c), seeds=c, sampler=sampler, steps=steps, grid=s.grid,
+                           **guidance.prior_labels(run, c, args)).cpu()
         for c in (range(a, min(a + 5000, n)) for a in range(0, n, 5000))
     ])
-    report = {"run": args.run, "step": run.step, "sampler": sampler, "steps": steps,
+    labels = ("null label" if args.null_label else "labels drawn from the training class frequencies") \
+        if getattr(run.model, "num_classes", 0) else None
+    report = {"run": args.run, "step": run.step, "sampler": sampler, "steps": steps, "labels": labels,
               "sample_seconds": time.perf_counter() - t0, **evaluate_samples(samples, run.data)}
     if args.json:
         print(json.dumps(report, indent=2))
@@ -177,7 +183,7 @@ def cmd_eval(args) -> int:
               f"(gap {ce['gap']:+.4f})")
     for key, value in report.items():
         if key not in ("run", "step", "sampler", "steps", "sample_seconds", "n", "n_frechet", "metrics",
-                       "cross_entropy"):
+                       "cross_entropy") and value is not None:
             print(f"{key}: {value}")
     return 0
 
@@ -226,6 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="number of samples (default: held-out size, or training size for images; at most 10000)")
     sp.add_argument("--sampler")
     sp.add_argument("--steps", type=int)
+    sp.add_argument("--null-label", action="store_true",
+                    help="a conditional run: evaluate its unconditional model (null label) instead of labels drawn "
+                         "from the training class frequencies")
     sp.add_argument("--device")
     sp.set_defaults(fn=cmd_eval)
 

@@ -26,7 +26,7 @@ from ..denoiser import DenoiserFn
 from ..guidance import AutoGuidance, ClassifierFreeGuidance, ClassifierGuidance
 
 __all__ = ["GUIDANCE", "guided_denoiser_for", "load_classifier", "load_guide", "add_sample_arguments",
-           "generate_options", "classifier_summary"]
+           "prior_labels", "generate_options", "classifier_summary"]
 
 #: the values of ``--guidance``
 GUIDANCE = ("cfg", "classifier", "auto")
@@ -137,6 +137,9 @@ def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``unidm sample`` flags of conditional and guided sampling."""
     parser.add_argument("--class", dest="class_label", type=int, metavar="K",
                         help="draw samples of class K (a conditional run alone: the conditional model, w = 1)")
+    parser.add_argument("--null-label", action="store_true",
+                        help="a conditional run: sample its unconditional model (the null label learned with label "
+                             "dropout) instead of labels drawn from the training split's class frequencies")
     parser.add_argument("--guidance", choices=GUIDANCE,
                         help="cfg (classifier-free) or classifier, both with --class; auto (autoguidance, --guide)")
     parser.add_argument("--guide", metavar="DIR", help="weaker model for --guidance auto: a run folder or a "
@@ -148,6 +151,19 @@ def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sigma-lo", type=float, default=0.0, help="guidance interval, lower sigma (default 0)")
     parser.add_argument("--sigma-hi", type=float, default=math.inf, help="guidance interval, upper sigma (default inf)")
     parser.add_argument("--rescale", type=float, default=0.0, help="CFG rescale phi in [0, 1] (Lin et al. 2024)")
+
+
+def prior_labels(run, seeds, args: argparse.Namespace | None = None) -> dict:
+    """``{"class_labels": [len(seeds)]}`` for a class-conditional run sampled without ``--class``: one label per
+    seed, drawn from the training split's class frequencies (:meth:`unidm.data.Dataset.draw_labels`), so the
+    samples follow ``p(x) = sum_y p(y) p(x | y)``, the data distribution; ``{}`` for an unconditional run, with
+    ``--class K`` (see :func:`generate_options`), with ``--null-label``, or with ``--guidance cfg/classifier``."""
+    if int(getattr(run.model, "num_classes", 0)) == 0 or run.data.train_labels is None:
+        return {}
+    if args is not None and (getattr(args, "class_label", None) is not None or getattr(args, "null_label", False)
+                             or getattr(args, "guidance", None) in ("cfg", "classifier")):
+        return {}
+    return {"class_labels": run.data.draw_labels(seeds).to(run.model.device)}
 
 
 def generate_options(run, args: argparse.Namespace) -> dict:

@@ -49,6 +49,23 @@ class Dataset:
     def std(self) -> float:
         return float(self.train.float().std())
 
+    def class_prior(self) -> Tensor:
+        """``[num_classes]`` class frequencies of the training labels (float64, sums to 1)."""
+        if self.train_labels is None or self.num_classes == 0:
+            raise ValueError(f"dataset {self.name!r} has no class labels")
+        counts = torch.bincount(self.train_labels.long().flatten(), minlength=self.num_classes).double()
+        return counts / counts.sum()
+
+    def draw_labels(self, seeds) -> Tensor:
+        """One class label ``[len(seeds)]`` per seed, drawn from :meth:`class_prior`; label ``i`` depends only on
+        ``seeds[i]`` (inverse CDF of one uniform from ``(seed, "label")``). A conditional model sampled with these
+        labels draws from ``p(x) = sum_y p(y) p(x | y)``: the unconditional distribution, with ``p(y)`` counted
+        on the training split."""
+        cdf = self.class_prior().cumsum(0)
+        u = torch.tensor([torch.rand(1, generator=torch.Generator().manual_seed(seed_for(int(s), "label")),
+                                     dtype=torch.float64).item() for s in seeds], dtype=torch.float64)
+        return torch.searchsorted(cdf, u, right=True).clamp(max=self.num_classes - 1)
+
     def batch(self, indices: Tensor) -> dict[str, Tensor]:
         out = {"x": self.train[indices]}
         if self.train_labels is not None:

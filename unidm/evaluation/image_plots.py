@@ -67,7 +67,8 @@ def plot_image_grid(samples: Tensor, data, path: str, title: str = "", n: int = 
 
 @torch.no_grad()
 def plot_trajectory(model, data, path: str, sigmas: Sequence[float] = DEFAULT_TRAJECTORY_SIGMAS, n: int = 6,
-                    seed: int = 0, sampler: str = "heun", steps: int = 32, grid: str = "karras") -> str:
+                    seed: int = 0, sampler: str = "heun", steps: int = 32, grid: str = "karras",
+                    class_labels: Tensor | None = None) -> str:
     """A denoising-trajectory strip: ``n`` samples drawn with ``sampler`` on ``grid``; for each requested sigma
     (the nearest grid level in log sigma) one column shows the state ``x`` (as ``x / sqrt(1 + sigma^2)``, the
     variance-preserving image, so every column has the same range) and the denoiser's estimate ``D(x, sigma)``
@@ -78,6 +79,7 @@ def plot_trajectory(model, data, path: str, sigmas: Sequence[float] = DEFAULT_TR
             ``data_shape``).
         data: its dataset (only the shape is used).
         sigmas: sigma-space levels to show (clamped to the grid).
+        class_labels: ``[n]`` labels for a class-conditional model (None: its null label, or an unconditional one).
     """
     from ..samplers import make_grid, prior_noise, sample
 
@@ -95,7 +97,8 @@ def plot_trajectory(model, data, path: str, sigmas: Sequence[float] = DEFAULT_TR
     was_training = model.training
     model.eval()
     try:
-        sample(model.denoiser, x, g, method=sampler, callback=record)
+        cond = {} if class_labels is None else {"class_labels": torch.as_tensor(class_labels, device=device).long()}
+        sample(model.denoiser, x, g, method=sampler, callback=record, **cond)
     finally:
         model.train(was_training)
     levels = torch.tensor([s for s, _, _ in states]).log()
