@@ -33,14 +33,21 @@ from unidm.samplers import make_grid, prior_noise, sample
 from unidm.train import train
 
 
-def draw(model, n: int, nfe: int, seed: int = 0, sampler: str = "dpmpp_2m") -> tuple[torch.Tensor, int, float]:
+def draw(model, n: int, nfe: int, seed: int = 0, sampler: str = "dpmpp_2m",
+         data=None) -> tuple[torch.Tensor, int, float]:
     """``n`` samples with ``sampler`` on a Karras grid of ``nfe`` steps (DPM-Solver++(2M): one NFE per step);
-    returns samples, the counted NFE and the seconds taken."""
+    returns samples, the counted NFE and the seconds taken. A class-conditional model gets one label per seed
+    drawn from ``data``'s training class frequencies (``Dataset.draw_labels``), as ``unidm sample`` does."""
     t0 = time.perf_counter()
     g = make_grid("karras", nfe, model.process)
-    x = prior_noise((n, *model.data_shape), float(g[0]), seeds=range(seed, seed + n))
+    seeds = range(seed, seed + n)
+    x = prior_noise((n, *model.data_shape), float(g[0]), seeds=seeds)
+    cond = {}
+    if getattr(model, "num_classes", 0):
+        cond["class_labels"] = data.draw_labels(seeds)
     model.eval()
-    res = sample(model.denoiser, x, g, method=sampler, return_result=True)
+    with torch.no_grad():
+        res = sample(model.denoiser, x, g, method=sampler, return_result=True, **cond)
     return res.x, res.nfe, time.perf_counter() - t0
 
 
@@ -84,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             return
         t = time.perf_counter()
         ema.copy_to(probe_model)
-        x, _, _ = draw(probe_model, n, args.probe_nfe)
+        x, _, _ = draw(probe_model, n, args.probe_nfe, data=data)
         fd = frechet_distance(features(net, x.clamp(-1, 1)), f_test)
         eval_seconds[0] += time.perf_counter() - t
         train_time = record["time"] - eval_seconds[0] + (time.perf_counter() - t)
@@ -104,12 +111,12 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     for nfe in (10, 20, 50):
-        x, counted, secs = draw(ema_model, n, nfe)
+        x, counted, secs = draw(ema_model, n, nfe, data=data)
         fd = frechet_distance(features(net, x.clamp(-1, 1)), f_test)
         rows.append({"nfe": counted, "frechet": fd, "floor": floor, "ratio": fd / floor, "seconds": secs,
                      "images_per_sec": n / secs})
     best = min(rows, key=lambda r: r["frechet"])
-    x, _, _ = draw(ema_model, n, best["nfe"], seed=10_000)
+    x, _, _ = draw(ema_model, n, best["nfe"], seed=10_000, data=data)
     full = evaluate_images(x, data)
     levels = int(data.meta.get("levels", 256))
     c2st_floor = full["metrics"]["c2st"]["floor"]
@@ -124,7 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(args.out, exist_ok=True)
     plot_image_grid(x, data, os.path.join(args.out, f"images-{args.preset}-samples.png"),
                     f"{args.preset}: dpmpp_2m, {best['nfe']} NFE, {result.step} steps")
-    plot_trajectory(ema_model, data, os.path.join(args.out, f"images-{args.preset}-trajectory.png"))
+    labels = data.draw_labels(range(6)) if getattr(ema_model, "num_classes", 0) else None
+    plot_trajectory(ema_model, data, os.path.join(args.out, f"images-{args.preset}-trajectory.png"),
+                    class_labels=labels)
     path = os.path.join(args.out, f"images-{args.preset}.json")
     with open(path, "w") as f:
         json.dump(report, f, indent=2)

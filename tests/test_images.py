@@ -208,7 +208,7 @@ def test_tiny_training_run_and_pictures(tmp_path):
 
     cfg = apply_overrides(get_preset("digits-edm"), [
         "train.steps=4", "train.batch_size=16", "train.log_every=2", "train.progress=false",
-        "model.hidden=32"])
+        "model.channels=8"])
     data = build_data(cfg)
     model = build_model(cfg, data)
     train(model, data, cfg.train, str(tmp_path / "run"), config_dict=cfg.to_dict(), log=lambda s: None)
@@ -227,7 +227,8 @@ def test_presets_build(name):
 
     cfg = get_preset(name)
     model = build_model(cfg, build_data(cfg))
-    assert model.loss({"x": torch.randn(2, 1, 8, 8)}).shape == (2,)
+    assert model.num_classes == 10  # conditional, with label dropout
+    assert model.loss({"x": torch.randn(2, 1, 8, 8), "y": torch.tensor([3, 7])}).shape == (2,)
 
 
 def test_draw_labels_follow_the_class_prior_and_depend_on_the_seed_alone():
@@ -254,7 +255,7 @@ def test_conditional_run_is_sampled_with_labels_from_the_class_prior(tmp_path):
 
     out = str(tmp_path / "run")
     assert main(["train", "digits-edm", "--out", out, "train.steps=4", "train.batch_size=16", "train.progress=false",
-                 "model.hidden=32", "method.conditional=true", "method.label_dropout=0.2", "sample.steps=3",
+                 "model.channels=8", "method.label_dropout=0.2", "sample.steps=3",
                  "train.ckpt_every=4"]) == 0
     run = load_run(out)
     seeds = range(3, 9)
