@@ -2,14 +2,17 @@
 features) fall to its held-out floor, then report quality at 10, 20 and 50 NFE, training and sampling speed,
 and the classifier two-sample test.
 
-    python benchmarks/images.py [--preset digits-edm] [--threads 2] [--eval-every 250] [key=value ...]
+    python benchmarks/images.py [--preset digits-edm] [--threads 2] [--eval-every 250] [--name NAME] [key=value ...]
 
-The table goes to stdout and the JSON to ``benchmarks/results/images-<preset>.json``. Training time excludes the
-time spent evaluating. Every Fréchet distance compares as many samples as there are training images (1438 for
-digits) with the whole held-out split; the floor is the whole training split's distance to it (no draw involved).
-"floor reached" is the first evaluation at which the EMA model's samples (``--probe-nfe`` evaluations of
-DPM-Solver++(2M)) score at or below it. The other metrics (precision, recall, memorization, C2ST) compare as many
-samples as there are held-out images.
+The table goes to stdout and the JSON to ``benchmarks/results/images-<name>.json`` (``--name`` defaults to the
+preset; give one for a run with overrides, e.g. ``--name digits-edm-uncond method.conditional=false``). Training
+time excludes the time spent evaluating. Every Fréchet distance compares as many samples as there are training
+images (1438 for digits) with the whole held-out split; the floor is the whole training split's distance to it (no
+draw involved). "floor reached" is the first evaluation at which the EMA model's samples (``--probe-nfe``
+evaluations of DPM-Solver++(2M)) score at or below it; the first crossings of 1.25, 1.5 and 2 times the floor are
+reported too (steps, images seen, seconds), so runs that stop short of the floor can still be compared. A
+class-conditional preset is sampled with one label per seed drawn from the training class frequencies. The other
+metrics (precision, recall, memorization, C2ST) compare as many samples as there are held-out images.
 """
 
 from __future__ import annotations
@@ -26,11 +29,19 @@ import torch
 
 from unidm.config import apply_overrides
 from unidm.evaluation.feature_net import feature_net_for, features
-from unidm.evaluation.image_metrics import evaluate_images, frechet_distance, plot_image_grid, plot_trajectory
+from unidm.evaluation.image_metrics import (
+    evaluate_images,
+    frechet_distance,
+    plot_image_grid,
+    plot_trajectory,
+)
 from unidm.presets import get_preset
 from unidm.run import build_data, build_model
 from unidm.samplers import make_grid, prior_noise, sample
 from unidm.train import train
+
+#: probe thresholds, as multiples of the Fréchet floor, whose first crossing is reported
+THRESHOLDS = (1.0, 1.25, 1.5, 2.0)
 
 
 def draw(model, n: int, nfe: int, seed: int = 0, sampler: str = "dpmpp_2m",
@@ -59,9 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--probe-nfe", type=int, default=20)
     p.add_argument("--max-minutes", type=float, default=None, help="stop training after this much time")
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    p.add_argument("--name", help="name of the outputs (default: the preset's), e.g. for a run with overrides")
     p.add_argument("overrides", nargs="*", help="config overrides section.key=value")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    name = args.name or args.preset
 
     cfg = apply_overrides(get_preset(args.preset), [*args.overrides, f"train.num_threads={args.threads}",
                                                     "train.progress=false"])
@@ -76,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     feature_seconds = time.perf_counter() - t0
     f_test = features(net, data.test)
     floor = frechet_distance(features(net, data.train), f_test)
-    print(f"{args.preset}: {sum(p.numel() for p in model.parameters()) / 1e6:.3f} M parameters; "
+    print(f"{name}: {sum(p.numel() for p in model.parameters()) / 1e6:.3f} M parameters; "
           f"feature net {net.info['task']} acc {net.info.get('held_out_accuracy', float('nan')):.3f} "
           f"({feature_seconds:.1f} s); Fréchet floor {floor:.3f} ({n} training vs {len(data.test)} held-out "
           f"images)", flush=True)
@@ -96,8 +109,9 @@ def main(argv: list[str] | None = None) -> int:
         eval_seconds[0] += time.perf_counter() - t
         train_time = record["time"] - eval_seconds[0] + (time.perf_counter() - t)
         history.append({"step": step, "train_seconds": train_time, "frechet": fd, "loss": record["loss"]})
-        if fd <= floor and not reached:
-            reached.update(step=step, train_seconds=train_time)
+        for factor in THRESHOLDS:
+            if fd <= factor * floor and factor not in reached:
+                reached[factor] = {"step": step, "images": step * cfg.train.batch_size, "train_seconds": train_time}
         print(f"  step {step:5d}  train {train_time:6.1f} s  loss {record['loss']:.4f}  Fréchet {fd:.3f} "
               f"(floor {floor:.3f})", flush=True)
 
@@ -121,29 +135,32 @@ def main(argv: list[str] | None = None) -> int:
     levels = int(data.meta.get("levels", 256))
     c2st_floor = full["metrics"]["c2st"]["floor"]
     report = {
-        "preset": args.preset, "config": cfg.to_dict(), "threads": args.threads,
+        "preset": args.preset, "name": name, "overrides": args.overrides, "config": cfg.to_dict(),
+        "threads": args.threads,
         "parameters": sum(p.numel() for p in model.parameters()), "n": n, "frechet_floor": floor,
         "train_steps": result.step, "train_seconds": train_seconds,
-        "train_images_per_sec": images_seen / train_seconds, "floor_reached": reached or None,
+        "train_images_per_sec": images_seen / train_seconds, "floor_reached": reached.get(1.0),
+        "thresholds_reached": {f"{k:g}x": reached.get(k) for k in THRESHOLDS},
         "nfe": rows, "full_metrics_at_nfe": best["nfe"], "metrics": full["metrics"], "history": history,
         "feature_net": full["feature_net"], "c2st_levels": levels,
     }
     os.makedirs(args.out, exist_ok=True)
-    plot_image_grid(x, data, os.path.join(args.out, f"images-{args.preset}-samples.png"),
-                    f"{args.preset}: dpmpp_2m, {best['nfe']} NFE, {result.step} steps")
+    plot_image_grid(x, data, os.path.join(args.out, f"images-{name}-samples.png"),
+                    f"{name}: dpmpp_2m, {best['nfe']} NFE, {result.step} steps")
     labels = data.draw_labels(range(6)) if getattr(ema_model, "num_classes", 0) else None
-    plot_trajectory(ema_model, data, os.path.join(args.out, f"images-{args.preset}-trajectory.png"),
+    plot_trajectory(ema_model, data, os.path.join(args.out, f"images-{name}-trajectory.png"),
                     class_labels=labels)
-    path = os.path.join(args.out, f"images-{args.preset}.json")
+    path = os.path.join(args.out, f"images-{name}.json")
     with open(path, "w") as f:
         json.dump(report, f, indent=2)
 
-    print(f"\n{args.preset}: {result.step} steps x {cfg.train.batch_size} in {train_seconds:.1f} s of training "
+    print(f"\n{name}: {result.step} steps x {cfg.train.batch_size} in {train_seconds:.1f} s of training "
           f"= {report['train_images_per_sec']:.0f} images/s ({args.threads} threads)")
-    if reached:
-        print(f"Fréchet floor first reached at step {reached['step']}, {reached['train_seconds']:.1f} s of training")
-    else:
-        print("Fréchet floor not reached during training")
+    for factor in THRESHOLDS:
+        r = reached.get(factor)
+        what = "the floor" if factor == 1 else f"{factor:g}x the floor"
+        print(f"Fréchet <= {what}: " + (f"first at step {r['step']} ({r['images']} images), {r['train_seconds']:.1f} s "
+                                         f"of training" if r else "not reached during training"))
     print(f"\n{'NFE':>4s} {'Fréchet':>9s} {'floor':>8s} {'ratio':>6s} {'sample img/s':>13s}")
     for r in rows:
         print(f"{r['nfe']:4d} {r['frechet']:9.3f} {r['floor']:8.3f} {r['ratio']:6.2f} {r['images_per_sec']:13.1f}")
