@@ -32,7 +32,12 @@ from unidm.evaluation.feature_net import feature_net_for, features
 from unidm.evaluation.image_metrics import frechet_distance, plot_image_grid
 
 try:
-    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, UNet2DModel
+    from diffusers import (
+        DDIMScheduler,
+        DDPMScheduler,
+        DPMSolverMultistepScheduler,
+        UNet2DModel,
+    )
     from diffusers.training_utils import EMAModel
 except ImportError:  # pragma: no cover
     sys.exit("benchmarks/images_diffusers.py needs Hugging Face diffusers: pip install diffusers")
