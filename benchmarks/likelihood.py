@@ -102,7 +102,8 @@ def _digits_config(param: str, steps: int):
 
     return apply_overrides(get_preset("digits-vp"), [
         "method.process=vp-discrete", "method.noise_levels=discrete-t", f"method.parameterization={param}",
-        f"method.weighting={param}", "method.conditional=false", "train.batch_size=64", f"train.steps={steps}",
+        f"method.weighting={param}", "method.conditional=false", "model.dropout=0.0",
+        "train.batch_size=64", f"train.steps={steps}",
         "train.num_threads=1", "train.progress=false",
         "train.device=cpu", f"train.ckpt_every={steps}"])
 
