@@ -27,6 +27,7 @@ import time
 
 import torch
 
+from unidm.commands.guidance import prior_labels
 from unidm.config import apply_overrides
 from unidm.evaluation.feature_net import feature_net_for, features
 from unidm.evaluation.image_metrics import (
@@ -53,12 +54,9 @@ def draw(model, n: int, nfe: int, seed: int = 0, sampler: str = "dpmpp_2m",
     g = make_grid("karras", nfe, model.process)
     seeds = range(seed, seed + n)
     x = prior_noise((n, *model.data_shape), float(g[0]), seeds=seeds)
-    cond = {}
-    if getattr(model, "num_classes", 0):
-        cond["class_labels"] = data.draw_labels(seeds)
     model.eval()
     with torch.no_grad():
-        res = sample(model.denoiser, x, g, method=sampler, return_result=True, **cond)
+        res = sample(model.denoiser, x, g, method=sampler, return_result=True, **prior_labels(model, data, seeds))
     return res.x, res.nfe, time.perf_counter() - t0
 
 
@@ -147,9 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(args.out, exist_ok=True)
     plot_image_grid(x, data, os.path.join(args.out, f"images-{name}-samples.png"),
                     f"{name}: dpmpp_2m, {best['nfe']} NFE, {result.step} steps")
-    labels = data.draw_labels(range(6)) if getattr(ema_model, "num_classes", 0) else None
     plot_trajectory(ema_model, data, os.path.join(args.out, f"images-{name}-trajectory.png"),
-                    class_labels=labels)
+                    **prior_labels(ema_model, data, range(6)))
     path = os.path.join(args.out, f"images-{name}.json")
     with open(path, "w") as f:
         json.dump(report, f, indent=2)

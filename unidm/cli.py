@@ -91,7 +91,7 @@ def cmd_train(args) -> int:
     n_pic = min(s.n, 2000 if data.kind == "vector" else 64)
     seeds = range(s.seed, s.seed + n_pic)
     samples = run.model.generate(n_pic, seeds=seeds, sampler=s.sampler, steps=s.steps, grid=s.grid,
-                                 **guidance.prior_labels(run, seeds))
+                                 **guidance.prior_labels(run.model, run.data, seeds))
     path = plot_samples(samples.cpu(), data, os.path.join(out, "samples.png"),
                         title=f"{cfg.name}: {s.sampler}, {s.steps} steps")
     print(f"samples: {path} ({time.perf_counter() - t0:.1f} s)")
@@ -99,7 +99,7 @@ def cmd_train(args) -> int:
         from .evaluation.image_plots import plot_trajectory
 
         strip = plot_trajectory(run.model, data, os.path.join(out, "trajectory.png"), sampler=s.sampler,
-                                steps=s.steps, grid=s.grid, **guidance.prior_labels(run, range(6)))
+                                steps=s.steps, grid=s.grid, **guidance.prior_labels(run.model, run.data, range(6)))
         print(f"denoising trajectory: {strip}")
     return 0
 
@@ -134,7 +134,7 @@ def cmd_sample(args) -> int:
     for start in range(0, args.n, args.batch_size):
         chunk = seeds[start:start + args.batch_size]
         chunks.append(run.model.generate(len(chunk), seeds=chunk, sampler=sampler, steps=steps, grid=grid,
-                                         **extra, **guidance.prior_labels(run, chunk, args),
+                                         **extra, **guidance.prior_labels(run.model, run.data, chunk, args),
                                          **_sampler_options(args.option)).cpu())
     x = torch.cat(chunks)
     dt = time.perf_counter() - t0
@@ -161,7 +161,7 @@ def cmd_eval(args) -> int:
     t0 = time.perf_counter()
     samples = torch.cat([
         run.model.generate(len(c), seeds=c, sampler=sampler, steps=steps, grid=s.grid,
-                           **guidance.prior_labels(run, c, args)).cpu()
+                           **guidance.prior_labels(run.model, run.data, c, args)).cpu()
         for c in (range(a, min(a + 5000, n)) for a in range(0, n, 5000))
     ])
     labels = ("null label" if args.null_label else "labels drawn from the training class frequencies") \

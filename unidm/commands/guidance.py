@@ -153,17 +153,17 @@ def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rescale", type=float, default=0.0, help="CFG rescale phi in [0, 1] (Lin et al. 2024)")
 
 
-def prior_labels(run, seeds, args: argparse.Namespace | None = None) -> dict:
-    """``{"class_labels": [len(seeds)]}`` for a class-conditional run sampled without ``--class``: one label per
-    seed, drawn from the training split's class frequencies (:meth:`unidm.data.Dataset.draw_labels`), so the
-    samples follow ``p(x) = sum_y p(y) p(x | y)``, the data distribution; ``{}`` for an unconditional run, with
+def prior_labels(model, data, seeds, args: argparse.Namespace | None = None) -> dict:
+    """``{"class_labels": [len(seeds)]}`` for a class-conditional ``model`` sampled without ``--class``: one label
+    per seed, drawn from ``data``'s training class frequencies (:meth:`unidm.data.Dataset.draw_labels`), so the
+    samples follow ``p(x) = sum_y p(y) p(x | y)``, the data distribution; ``{}`` for an unconditional model, with
     ``--class K`` (see :func:`generate_options`), with ``--null-label``, or with ``--guidance cfg/classifier``."""
-    if int(getattr(run.model, "num_classes", 0)) == 0 or run.data.train_labels is None:
+    if int(getattr(model, "num_classes", 0)) == 0 or data.train_labels is None:
         return {}
     if args is not None and (getattr(args, "class_label", None) is not None or getattr(args, "null_label", False)
                              or getattr(args, "guidance", None) in ("cfg", "classifier")):
         return {}
-    return {"class_labels": run.data.draw_labels(seeds).to(run.model.device)}
+    return {"class_labels": data.draw_labels(seeds).to(model.device)}
 
 
 def generate_options(run, args: argparse.Namespace) -> dict:
