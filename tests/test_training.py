@@ -43,6 +43,23 @@ def test_config_errors_list_valid_choices():
         build_model(bad, build_data(bad))
 
 
+def test_nested_overrides_set_one_entry_and_bad_mappings_are_refused():
+    cfg = apply_overrides(get_preset("moons-edm"), ["method.noise_options.p_mean=-0.8"])
+    assert cfg.method["noise_options"] == {"p_mean": -0.8, "p_std": 1.4}  # the preset's p_std is kept
+    model = build_model(cfg, build_data(cfg))
+    assert model.loss_fn.noise_levels.p_mean == -0.8
+    cfg = apply_overrides(get_preset("moons-edm"), ['method.noise_options={"p_mean": -0.5, "p_std": 1.0}'])
+    assert cfg.method["noise_options"] == {"p_mean": -0.5, "p_std": 1.0}
+    with pytest.raises(ValueError, match="method.process is 'edm', not a mapping"):
+        apply_overrides(cfg, ["method.process.x=1"])
+    bad = apply_overrides(cfg, ["method.noise_options={p_mean: -0.8}"])  # not JSON: stays a string
+    with pytest.raises(ValueError, match="must be a mapping.*method.noise_options.NAME=VALUE"):
+        build_model(bad, build_data(bad))
+    bad = apply_overrides(cfg, ["method.noise_options.p_men=-0.8"])
+    with pytest.raises(ValueError, match="valid:.*p_mean"):
+        build_model(bad, build_data(bad))
+
+
 def test_config_round_trips_through_json():
     cfg = apply_overrides(get_preset("checkerboard-flow"), ["train.lr=0.001", "method.noise_options={\"m\": 0.5}"])
     again = RunConfig.from_json(cfg.to_json())

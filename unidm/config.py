@@ -120,6 +120,9 @@ def parse_value(text: str) -> Any:
 def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
     """Apply ``section.key=value`` (or ``family=...``/``name=...``) overrides and return a new config.
 
+    ``section.key.subkey=value`` sets one entry of a nested mapping (``method.noise_options.p_mean=-0.8``) and
+    keeps its other entries; ``section.key='{"a": 1}'`` (JSON) replaces the whole mapping.
+
     Keys of ``train`` and ``sample`` are checked here; keys of ``data``, ``model`` and ``method`` are checked
     against the constructor they feed when the run is built.
     """
@@ -137,10 +140,15 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
                 raise ValueError(f"{parts[0]!r} is a section; set one of its keys, e.g. {parts[0]}.name=...")
             d[parts[0]] = parse_value(value)
             continue
-        if len(parts) != 2:
-            raise ValueError(f"override key {key!r} must be section.key")
-        section, sub = parts
-        if not isinstance(d[section], dict):
-            raise ValueError(f"{section!r} is not a section")
-        d[section][sub] = parse_value(value)
+        if not isinstance(d[parts[0]], dict):
+            raise ValueError(f"{parts[0]!r} is not a section")
+        node = d[parts[0]]
+        for i, sub in enumerate(parts[1:-1], start=1):  # section.key.subkey sets one entry of a nested mapping
+            if node.get(sub) is None:
+                node[sub] = {}
+            elif not isinstance(node[sub], dict):
+                raise ValueError(f"override {key!r}: {'.'.join(parts[:i + 1])} is {node[sub]!r}, not a mapping")
+            node[sub] = dict(node[sub])
+            node = node[sub]
+        node[parts[-1]] = parse_value(value)
     return RunConfig.from_dict(d)

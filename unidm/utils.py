@@ -25,6 +25,16 @@ def check_kwargs(fn: Callable, options: dict[str, Any], what: str, exclude: tupl
         raise ValueError(f"unknown {what}: {', '.join(map(repr, bad))}; valid: {', '.join(valid) or '(none)'}")
 
 
+def as_options(value: Any, what: str) -> dict:
+    """``value`` (a mapping or None) as a new dict; anything else is refused with a message that shows the form."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError(f"{what} must be a mapping of option names to values, got {value!r}; on the command line "
+                         f"set one entry as {what}.NAME=VALUE or the whole mapping as JSON, {what}='{{\"NAME\": VALUE}}'")
+    return dict(value)
+
+
 def check_choice(value: str, choices, what: str) -> str:
     if value not in choices:
         raise ValueError(f"unknown {what} {value!r}; valid: {', '.join(sorted(choices))}")

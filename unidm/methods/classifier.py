@@ -18,7 +18,7 @@ from torch.nn import functional as F
 from ..nn.embedding import EMBEDDINGS
 from ..parameterization import c_in, c_noise
 from ..processes import NOISE_LEVELS, PROCESSES
-from ..utils import check_choice, check_kwargs
+from ..utils import as_options, check_choice, check_kwargs
 from .base import GenerativeModel
 
 __all__ = ["NoisyClassifier", "ClassifierMLP", "ClassifierConvNet", "CLASSIFIER_NETWORKS", "CLASSIFIER_FAMILIES"]
@@ -149,7 +149,8 @@ class NoisyClassifier(GenerativeModel):
         super().__init__()
         check_choice(process, PROCESSES, "process")
         check_choice(noise_levels, NOISE_LEVELS, "noise_levels")
-        process_options, noise_options = dict(process_options or {}), dict(noise_options or {})
+        process_options = as_options(process_options, "method.process_options")
+        noise_options = as_options(noise_options, "method.noise_options")
         check_kwargs(PROCESSES[process], process_options, f"process_options for {process!r}")
         check_kwargs(NOISE_LEVELS[noise_levels], noise_options, f"noise_options for {noise_levels!r}")
         if num_classes < 2:

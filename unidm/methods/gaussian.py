@@ -16,7 +16,7 @@ from ..losses import DenoisingLoss
 from ..parameterization import PARAMETERIZATIONS
 from ..processes import NOISE_LEVELS, PROCESSES
 from ..samplers import make_grid, prior_noise, sample
-from ..utils import check_choice, check_kwargs
+from ..utils import as_options, check_choice, check_kwargs
 from .base import GenerativeModel
 
 __all__ = ["GaussianDiffusion"]
@@ -57,7 +57,8 @@ class GaussianDiffusion(GenerativeModel):
         check_choice(process, PROCESSES, "process")
         check_choice(parameterization, PARAMETERIZATIONS, "parameterization")
         check_choice(noise_levels, NOISE_LEVELS, "noise_levels")
-        process_options, noise_options = dict(process_options or {}), dict(noise_options or {})
+        process_options = as_options(process_options, "method.process_options")
+        noise_options = as_options(noise_options, "method.noise_options")
         check_kwargs(PROCESSES[process], process_options, f"process_options for {process!r}")
         check_kwargs(NOISE_LEVELS[noise_levels], noise_options, f"noise_options for {noise_levels!r}")
         self.process = PROCESSES[process](**process_options)

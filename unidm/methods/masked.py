@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from ..processes.absorbing import MASKING_SCHEDULES, MaskingSchedule, mask_tokens
-from ..utils import check_choice, check_kwargs, valid_kwargs
+from ..utils import as_options, check_choice, check_kwargs, valid_kwargs
 from .base import GenerativeModel
 from .masked_sampling import MASKED_SAMPLERS, MaskedSample
 
@@ -58,7 +58,7 @@ class MaskedDiffusion(GenerativeModel):
     ):
         super().__init__()
         check_choice(schedule, MASKING_SCHEDULES, "masking schedule")
-        schedule_options = dict(schedule_options or {})
+        schedule_options = as_options(schedule_options, "method.schedule_options")
         check_kwargs(MASKING_SCHEDULES[schedule], schedule_options, f"schedule_options for {schedule!r}")
         self.net = net
         self.vocab_size, self.mask_id = int(vocab_size), int(vocab_size)
