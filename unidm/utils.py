@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable
 
-__all__ = ["check_kwargs", "valid_kwargs", "check_choice"]
+__all__ = ["as_options", "check_choice", "check_kwargs", "valid_kwargs"]
 
 
 def valid_kwargs(fn: Callable) -> list[str]:
