@@ -11,7 +11,7 @@ images (1438 for digits) with the whole held-out split; the floor is the whole t
 draw involved). "floor reached" is the first evaluation at which the EMA model's samples (``--probe-nfe``
 evaluations of DPM-Solver++(2M)) score at or below it; the first crossings of 1.25, 1.5 and 2 times the floor are
 reported too (steps, images seen, seconds), so runs that stop short of the floor can still be compared. A
-class-conditional preset is sampled with one label per seed drawn from the training class frequencies. The other
+class-conditional preset is sampled with one label per seed, stratified in the training class frequencies. The other
 metrics (precision, recall, memorization, C2ST) compare as many samples as there are held-out images. The final
 table gives, at 10, 20 and 50 NFE, the mean Fréchet distance over ``--seed-sets`` disjoint sets of sample seeds
 with their min and max (the distance's own sampling noise), and the same samples rounded to the data's grey levels.
@@ -52,7 +52,7 @@ def draw(model, n: int, nfe: int, seed: int = 0, sampler: str = "dpmpp_2m",
          data=None) -> tuple[torch.Tensor, int, float]:
     """``n`` samples with ``sampler`` on a Karras grid of ``nfe`` steps (DPM-Solver++(2M): one NFE per step);
     returns samples, the counted NFE and the seconds taken. A class-conditional model gets one label per seed
-    drawn from ``data``'s training class frequencies (``Dataset.draw_labels``), as ``unidm sample`` does."""
+    with ``data``'s training class frequencies, stratified (``Dataset.draw_labels``), as ``unidm sample`` does."""
     t0 = time.perf_counter()
     g = make_grid("karras", nfe, model.process)
     seeds = range(seed, seed + n)

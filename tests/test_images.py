@@ -231,7 +231,7 @@ def test_presets_build(name):
     assert model.loss({"x": torch.randn(2, 1, 8, 8), "y": torch.tensor([3, 7])}).shape == (2,)
 
 
-def test_draw_labels_follow_the_class_prior_and_depend_on_the_seed_alone():
+def test_draw_labels_follow_the_class_prior_stratified_and_depend_on_the_seed_alone():
     d = digits_dataset()
     prior = d.class_prior()
     torch.testing.assert_close(prior.sum(), torch.tensor(1.0, dtype=torch.float64))
@@ -242,8 +242,19 @@ def test_draw_labels_follow_the_class_prior_and_depend_on_the_seed_alone():
     # each frequency within 4 binomial standard deviations of its class prior
     assert ((freq - prior).abs() <= 4 * (prior * (1 - prior) / n).sqrt()).all()
     assert torch.equal(d.draw_labels(range(7, 12)), labels[7:12])  # label i depends on seed i alone
+    # stratified: any N consecutive seeds carry exactly the training split's class counts
+    counts = torch.bincount(d.train_labels.long(), minlength=d.num_classes)
+    N = len(d.train_labels)
+    for start in (0, 5, 10**6 + 3):
+        torch.testing.assert_close(torch.bincount(d.draw_labels(range(start, start + N)), minlength=d.num_classes),
+                                   counts)
+    # a shorter run of seeds is a draw without replacement from those labels: no class beyond its count
+    part = torch.bincount(d.draw_labels(range(300)), minlength=d.num_classes)
+    assert (part <= counts).all() and int(part.sum()) == 300
     with pytest.raises(ValueError, match="no class labels"):
         type(d)("plain", d.train, d.test, kind="image").class_prior()
+    with pytest.raises(ValueError, match="no class labels"):
+        type(d)("plain", d.train, d.test, kind="image").draw_labels(range(3))
 
 
 def test_conditional_run_is_sampled_with_labels_from_the_class_prior(tmp_path):

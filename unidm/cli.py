@@ -164,7 +164,7 @@ def cmd_eval(args) -> int:
                            **guidance.prior_labels(run.model, run.data, c, args)).cpu()
         for c in (range(a, min(a + 5000, n)) for a in range(0, n, 5000))
     ])
-    labels = ("null label" if args.null_label else "labels drawn from the training class frequencies") \
+    labels = ("null label" if args.null_label else "stratified labels in the training class frequencies") \
         if getattr(run.model, "num_classes", 0) else None
     report = {"run": args.run, "step": run.step, "sampler": sampler, "steps": steps, "labels": labels,
               "sample_seconds": time.perf_counter() - t0, **evaluate_samples(samples, run.data)}
@@ -233,8 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--sampler")
     sp.add_argument("--steps", type=int)
     sp.add_argument("--null-label", action="store_true",
-                    help="a conditional run: evaluate its unconditional model (null label) instead of labels drawn "
-                         "from the training class frequencies")
+                    help="a conditional run: evaluate its unconditional model (null label) instead of labels with "
+                         "the training class frequencies")
     sp.add_argument("--device")
     sp.set_defaults(fn=cmd_eval)
 

@@ -139,7 +139,7 @@ def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
                         help="draw samples of class K (a conditional run alone: the conditional model, w = 1)")
     parser.add_argument("--null-label", action="store_true",
                         help="a conditional run: sample its unconditional model (the null label learned with label "
-                             "dropout) instead of labels drawn from the training split's class frequencies")
+                             "dropout) instead of labels with the training split's class frequencies")
     parser.add_argument("--guidance", choices=GUIDANCE,
                         help="cfg (classifier-free) or classifier, both with --class; auto (autoguidance, --guide)")
     parser.add_argument("--guide", metavar="DIR", help="weaker model for --guidance auto: a run folder or a "
@@ -155,7 +155,7 @@ def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
 
 def prior_labels(model, data, seeds, args: argparse.Namespace | None = None) -> dict:
     """``{"class_labels": [len(seeds)]}`` for a class-conditional ``model`` sampled without ``--class``: one label
-    per seed, drawn from ``data``'s training class frequencies (:meth:`unidm.data.Dataset.draw_labels`), so the
+    per seed, with ``data``'s training class frequencies, stratified (:meth:`unidm.data.Dataset.draw_labels`), so the
     samples follow ``p(x) = sum_y p(y) p(x | y)``, the data distribution; ``{}`` for an unconditional model, with
     ``--class K`` (see :func:`generate_options`), with ``--null-label``, or with ``--guidance cfg/classifier``."""
     if int(getattr(model, "num_classes", 0)) == 0 or data.train_labels is None:

@@ -4,8 +4,9 @@ All three train one small UNet (16 channels at 8x8, 32 at 4x4, one residual bloc
 a 3x3 convolution already sees a third of the image; dropout 0.1 in the residual blocks, as EDM uses 0.13 on
 CIFAR-10, against overfitting 1438 training images) at batch 128, class-conditional with label dropout 0.1
 (Ho & Salimans 2022), so one run gives the conditional model (``unidm sample --class K``), classifier-free guidance
-(``--guidance cfg``) and the unconditional model (``--null-label``). ``unidm sample`` and ``unidm eval`` draw one
-label per seed from the training split's class frequencies, so the samples follow the data distribution
+(``--guidance cfg``) and the unconditional model (``--null-label``). ``unidm sample`` and ``unidm eval`` give each
+seed a label with the training split's class frequencies, stratified (``Dataset.draw_labels``), so the samples follow
+the data distribution
 ``p(x) = sum_y p(y) p(x | y)``. ``method.conditional=false`` trains an unconditional model instead.
 ``digits-edm`` (EDM preconditioning and log-normal noise levels, Karras et al. 2022, Table 1) is the recommended
 one; ``docs/images.md`` has its figures and the experiments that chose this recipe (an MLP on the 64 pixels
