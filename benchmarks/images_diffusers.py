@@ -31,6 +31,8 @@ from unidm.data.images import digits_dataset
 from unidm.evaluation.feature_net import feature_net_for, features
 from unidm.evaluation.image_metrics import frechet_distance, plot_image_grid
 
+from images import THRESHOLDS  # benchmarks/images.py (this folder): the thresholds this baseline is compared at
+
 try:
     from diffusers import (
         DDIMScheduler,
@@ -47,7 +49,6 @@ UNET = {"sample_size": 8, "in_channels": 1, "out_channels": 1, "layers_per_block
         "block_out_channels": (32, 64, 128), "down_block_types": ("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
         "up_block_types": ("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D")}
 SAMPLERS = {"dpmpp_2m": DPMSolverMultistepScheduler, "ddim": DDIMScheduler}
-THRESHOLDS = (1.0, 1.25, 1.5, 2.0)  # multiples of the floor, as in benchmarks/images.py
 
 
 def train_step(model, opt, noise_sched, x: torch.Tensor) -> float:

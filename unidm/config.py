@@ -148,7 +148,6 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
                 node[sub] = {}
             elif not isinstance(node[sub], dict):
                 raise ValueError(f"override {key!r}: {'.'.join(parts[:i + 1])} is {node[sub]!r}, not a mapping")
-            node[sub] = dict(node[sub])
-            node = node[sub]
+            node = node[sub]  # to_dict's copy, so it can be edited in place
         node[parts[-1]] = parse_value(value)
     return RunConfig.from_dict(d)

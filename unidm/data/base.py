@@ -49,11 +49,15 @@ class Dataset:
     def std(self) -> float:
         return float(self.train.float().std())
 
-    def class_prior(self) -> Tensor:
-        """``[num_classes]`` class frequencies of the training labels (float64, sums to 1)."""
+    def _class_labels(self) -> Tensor:
+        """The training labels as a flat long tensor; a dataset without classes is refused."""
         if self.train_labels is None or self.num_classes == 0:
             raise ValueError(f"dataset {self.name!r} has no class labels")
-        counts = torch.bincount(self.train_labels.long().flatten(), minlength=self.num_classes).double()
+        return self.train_labels.long().flatten()
+
+    def class_prior(self) -> Tensor:
+        """``[num_classes]`` class frequencies of the training labels (float64, sums to 1)."""
+        counts = torch.bincount(self._class_labels(), minlength=self.num_classes).double()
         return counts / counts.sum()
 
     def draw_labels(self, seeds) -> Tensor:
@@ -68,9 +72,7 @@ class Dataset:
         multinomial noise in the class counts that neither split has: on digits it raised the Fréchet distance of
         1438 samples of one model by 0.07 on average (four seed sets), against a floor of 0.32.
         """
-        if self.train_labels is None or self.num_classes == 0:
-            raise ValueError(f"dataset {self.name!r} has no class labels")
-        labels = self.train_labels.long().flatten().sort().values
+        labels = self._class_labels().sort().values
         n = len(labels)
         order = labels[torch.randperm(n, generator=torch.Generator().manual_seed(seed_for(n, "labels")))]
         return order[torch.tensor([int(s) % n for s in seeds], dtype=torch.long)]
