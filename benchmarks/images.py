@@ -10,7 +10,10 @@ time excludes the time spent evaluating. Every Fréchet distance compares as man
 images (1438 for digits) with the whole held-out split; the floor is the whole training split's distance to it (no
 draw involved). "floor reached" is the first evaluation at which the EMA model's samples (``--probe-nfe``
 evaluations of DPM-Solver++(2M)) score at or below it; the first crossings of 1.25, 1.5 and 2 times the floor are
-reported too (steps, images seen, seconds), so runs that stop short of the floor can still be compared. A
+reported too (steps, images seen, seconds), so runs that stop short of the floor can still be compared, and the
+first crossing of the *resampled floor* (``unidm.evaluation.image_metrics.resampled_floor``): the mean score of fresh
+draws from the training split itself (within each class for a conditional preset), what a model that has learned
+exactly its training split scores on average (see docs/images.md, *Two floors*). A
 class-conditional preset is sampled with one label per seed, stratified in the training class frequencies. The other
 metrics (precision, recall, memorization, C2ST) compare as many samples as there are held-out images. The final
 table gives, at 10, 20 and 50 NFE, the mean Fréchet distance over ``--seed-sets`` disjoint sets of sample seeds
@@ -38,6 +41,7 @@ from unidm.evaluation.image_metrics import (
     plot_image_grid,
     plot_trajectory,
     quantize,
+    resampled_floor,
 )
 from unidm.presets import get_preset
 from unidm.run import build_data, build_model
@@ -91,11 +95,16 @@ def main(argv: list[str] | None = None) -> int:
     net = feature_net_for(data, verbose=True)
     feature_seconds = time.perf_counter() - t0
     f_test = features(net, data.test)
-    floor = frechet_distance(features(net, data.train), f_test)
+    f_train = features(net, data.train)
+    floor = frechet_distance(f_train, f_test)
+    # a conditional preset is sampled with stratified labels: its fresh draws are compared with draws within classes
+    stratified = bool(prior_labels(model, data, range(1)))
+    resampled = resampled_floor(f_train, f_test, n, labels=data.train_labels if stratified else None)
     print(f"{name}: {sum(p.numel() for p in model.parameters()) / 1e6:.3f} M parameters; "
           f"feature net {net.info['task']} acc {net.info.get('held_out_accuracy', float('nan')):.3f} "
           f"({feature_seconds:.1f} s); Fréchet floor {floor:.3f} ({n} training vs {len(data.test)} held-out "
-          f"images)", flush=True)
+          f"images); resampled floor {resampled['mean']:.3f} +- {resampled['std']:.3f} (fresh draws from the "
+          f"training split{', within classes' if stratified else ''})", flush=True)
 
     probe_model = copy.deepcopy(model)
     history: list[dict] = []
@@ -115,8 +124,10 @@ def main(argv: list[str] | None = None) -> int:
         for factor in THRESHOLDS:
             if fd <= factor * floor and factor not in reached:
                 reached[factor] = {"step": step, "images": step * cfg.train.batch_size, "train_seconds": train_time}
+        if fd <= resampled["mean"] and "resampled" not in reached:
+            reached["resampled"] = {"step": step, "images": step * cfg.train.batch_size, "train_seconds": train_time}
         print(f"  step {step:5d}  train {train_time:6.1f} s  loss {record['loss']:.4f}  Fréchet {fd:.3f} "
-              f"(floor {floor:.3f})", flush=True)
+              f"(floor {floor:.3f}, resampled {resampled['mean']:.3f})", flush=True)
 
     with tempfile.TemporaryDirectory() as run_dir:
         result = train(model, data, cfg.train, run_dir, callback=callback,
@@ -137,17 +148,19 @@ def main(argv: list[str] | None = None) -> int:
             secs.append(sec)
         fd = sum(sets) / len(sets)
         rows.append({"nfe": counted, "frechet": fd, "frechet_sets": sets, "floor": floor, "ratio": fd / floor,
+                     "ratio_resampled": fd / resampled["mean"],
                      "frechet_rounded": sum(rounded) / len(rounded), "seconds": min(secs),
                      "images_per_sec": n / min(secs)})
     best = min(rows, key=lambda r: r["frechet"])
     # fresh seeds for the full metrics: past every seed set of the table
     x, _, _ = draw(ema_model, n, best["nfe"], seed=max(10_000, max(1, args.seed_sets) * n), data=data)
-    full = evaluate_images(x, data)
+    full = evaluate_images(x, data, stratified=stratified)
     c2st_floor = full["metrics"]["c2st"]["floor"]
     report = {
         "preset": args.preset, "name": name, "overrides": args.overrides, "config": cfg.to_dict(),
         "threads": args.threads,
         "parameters": sum(p.numel() for p in model.parameters()), "n": n, "frechet_floor": floor,
+        "frechet_floor_resampled": resampled, "resampled_floor_reached": reached.get("resampled"),
         "train_steps": result.step, "train_seconds": train_seconds,
         "train_images_per_sec": images_seen / train_seconds, "floor_reached": reached.get(1.0),
         "thresholds_reached": {f"{k:g}x": reached.get(k) for k in THRESHOLDS},
@@ -170,17 +183,23 @@ def main(argv: list[str] | None = None) -> int:
         what = "the floor" if factor == 1 else f"{factor:g}x the floor"
         print(f"Fréchet <= {what}: " + (f"first at step {r['step']} ({r['images']} images), {r['train_seconds']:.1f} s "
                                          f"of training" if r else "not reached during training"))
+    r = reached.get("resampled")
+    print(f"Fréchet <= the resampled floor ({resampled['mean']:.3f} +- {resampled['std']:.3f}): "
+          + (f"first at step {r['step']} ({r['images']} images), {r['train_seconds']:.1f} s of training" if r
+             else "not reached during training"))
     print(f"\nFréchet: mean [min, max] over {len(rows[0]['frechet_sets'])} disjoint seed sets of {n} samples; "
           f"'rounded': the same samples rounded to the data's {levels} grey levels")
-    print(f"{'NFE':>4s} {'Fréchet':>9s} {'[min, max]':>15s} {'floor':>7s} {'ratio':>6s} {'rounded':>8s} "
-          f"{'sample img/s':>13s}")
+    print(f"{'NFE':>4s} {'Fréchet':>9s} {'[min, max]':>15s} {'floor':>7s} {'ratio':>6s} {'resampled':>10s} "
+          f"{'ratio':>6s} {'rounded':>8s} {'sample img/s':>13s}")
     for r in rows:
         spread = f"[{min(r['frechet_sets']):.3f}, {max(r['frechet_sets']):.3f}]"
         print(f"{r['nfe']:4d} {r['frechet']:9.3f} {spread:>15s} {r['floor']:7.3f} {r['ratio']:6.2f} "
-              f"{r['frechet_rounded']:8.3f} {r['images_per_sec']:13.1f}")
+              f"{resampled['mean']:10.3f} {r['ratio_resampled']:6.2f} {r['frechet_rounded']:8.3f} "
+              f"{r['images_per_sec']:13.1f}")
     print(f"\nat {best['nfe']} NFE (fresh seeds; Fréchet/KID on {full['n_frechet']}, the rest on {full['n']}):")
     for name, m in full["metrics"].items():
-        print(f"  {name:14s} {m['value']:9.4f}   floor {m['floor']:9.4f}")
+        extra = f"   resampled {m['resampled']['mean']:.4f} (ratio {m['ratio_resampled']:.2f})" if "resampled" in m else ""
+        print(f"  {name:14s} {m['value']:9.4f}   floor {m['floor']:9.4f}{extra}")
     print(f"  (c2st: accuracy telling samples from held-out images on {levels} grey levels; 0.5 = indistinguishable;"
           f" floor {c2st_floor:.3f})")
     print(f"-> {path}")

@@ -158,6 +158,57 @@ def test_frechet_floor_is_the_whole_training_split_when_samples_are_as_many():
     assert s1["metrics"]["frechet"]["floor"] != s2["metrics"]["frechet"]["floor"]
 
 
+def _mean_distance(a, b):
+    return float((a.double().mean(0) - b.double().mean(0)).pow(2).sum())
+
+
+@pytest.mark.parametrize("stratified", [False, True])
+def test_resampled_floor_matches_the_bootstrap_closed_form(stratified):
+    # E |mean(T*) - mu_H|^2 = |mu_T - mu_H|^2 + sum_c (n_c / n)^2 tr(S_c) / n_c, S_c the biased covariance
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(3).repeat_interleave(torch.tensor([50, 30, 20]))
+    f = torch.randn(100, 4, generator=g, dtype=torch.float64) * torch.tensor([1.0, 2.0, 0.5, 1.5])
+    f += 3 * labels[:, None].double()  # classes far apart: stratifying removes most of the variance
+    h = torch.randn(40, 4, generator=g, dtype=torch.float64)
+    base = _mean_distance(f, h)
+    groups = [f[labels == c] for c in range(3)] if stratified else [f]
+    extra = sum((len(x) / 100) ** 2 * (x - x.mean(0)).pow(2).sum(1).mean() / len(x) for x in groups)
+    r = im.resampled_floor(f, h, labels=labels if stratified else None, draws=4000, distance=_mean_distance)
+    assert r["stratified"] is stratified and r["draws"] == 4000
+    # the Monte Carlo error of the mean of 4000 draws is std / sqrt(4000) < 2 % of std
+    assert abs(r["mean"] - (base + float(extra))) < 4 * r["std"] / 4000**0.5
+    assert r["p95"] > r["mean"] > base
+
+
+def test_resampled_floor_keeps_the_class_counts():
+    labels = torch.tensor([0] * 7 + [1] * 2 + [2] * 11)
+    f = labels[:, None].double().repeat(1, 2)
+    seen = []
+
+    def counts(a, b):
+        seen.append(torch.bincount(a[:, 0].long(), minlength=3).tolist())
+        return 0.0
+
+    im.resampled_floor(f, f, labels=labels, draws=5, distance=counts)
+    assert seen == [[7, 2, 11]] * 5  # all of the split: its exact counts
+    seen.clear()
+    im.resampled_floor(f, f, m=12, labels=labels, draws=3, distance=counts)
+    assert seen == [[4, 1, 7]] * 3  # quotas 4.2 / 1.2 / 6.6, rounded by the largest remainder to sum to 12
+    with pytest.raises(ValueError, match="labels has 3 entries"):
+        im.resampled_floor(f, f, labels=labels[:3])
+
+
+def test_evaluate_images_reports_the_resampled_floor():
+    d = digits_dataset()
+    r = im.evaluate_images(d.train, d, c2st_test=False, recipe=FAST, stratified=True)["metrics"]["frechet"]
+    # the training split itself scores the plain floor; fresh draws from it score more on average
+    assert r["value"] == pytest.approx(r["floor"], abs=1e-9)
+    assert r["resampled"]["stratified"] and r["resampled"]["mean"] > r["floor"]
+    assert r["ratio_resampled"] == pytest.approx(r["value"] / r["resampled"]["mean"])
+    iid = im.evaluate_images(d.train, d, c2st_test=False, recipe=FAST)["metrics"]["frechet"]["resampled"]
+    assert not iid["stratified"] and iid["mean"] > r["resampled"]["mean"]  # class counts add noise
+
+
 def test_metrics_near_floor_for_two_halves_and_large_for_noise():
     d = digits_dataset()
     g = torch.Generator().manual_seed(1)

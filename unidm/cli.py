@@ -164,10 +164,12 @@ def cmd_eval(args) -> int:
                            **guidance.prior_labels(run.model, run.data, c, args)).cpu()
         for c in (range(a, min(a + 5000, n)) for a in range(0, n, 5000))
     ])
+    stratified = bool(guidance.prior_labels(run.model, run.data, range(1), args))
     labels = ("null label" if args.null_label else "stratified labels in the training class frequencies") \
         if getattr(run.model, "num_classes", 0) else None
+    options = {"stratified": stratified} if run.data.kind == "image" else {}
     report = {"run": args.run, "step": run.step, "sampler": sampler, "steps": steps, "labels": labels,
-              "sample_seconds": time.perf_counter() - t0, **evaluate_samples(samples, run.data)}
+              "sample_seconds": time.perf_counter() - t0, **evaluate_samples(samples, run.data, **options)}
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -177,6 +179,13 @@ def cmd_eval(args) -> int:
     print(f"{'metric':14s} {'value':>12s} {'floor':>12s} {'ratio':>8s}")
     for name, m in report["metrics"].items():
         print(f"{name:14s} {m['value']:12.5f} {m['floor']:12.5f} {m['ratio']:8.2f}")
+    resampled = report["metrics"].get("frechet", {}).get("resampled")
+    if resampled:
+        within = ", within classes" if resampled["stratified"] else ""
+        ratio = report["metrics"]["frechet"]["ratio_resampled"]
+        print(f"{'  resampled':14s} {'':12s} {resampled['mean']:12.5f} {ratio:8.2f}   (Fréchet floor of fresh draws "
+              f"from the training split{within}: std {resampled['std']:.4f}, 95th percentile {resampled['p95']:.4f},"
+              f" {resampled['draws']} draws)")
     if "cross_entropy" in report:
         ce = report["cross_entropy"]
         print(f"cross-entropy under the true density {ce['value']:.4f} nats; true entropy {ce['entropy']:.4f} "

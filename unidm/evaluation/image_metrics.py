@@ -17,6 +17,12 @@ Features come from a small classifier trained on the dataset's own training spli
 
 The *floor* of each is the same quantity with an equal number of training images in place of the samples: what a
 perfect generator (one that draws fresh images of the data distribution) would score at this sample size.
+
+:func:`resampled_floor` adds, for the Fréchet distance, the score of a generator that draws fresh samples from the
+training split itself (a bootstrap of it, within each class when the samples carry the training class counts):
+the expected score of a model that has learned exactly what it was trained on. A model fit to the training split
+shares that split's own deviation from the data distribution and adds the deviation of its fresh draw, so it cannot
+be expected to score the plain floor (docs/images.md, *Two floors*).
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from torch import Tensor
 from .feature_net import FeatureRecipe, features, feature_net_for
 from .image_plots import IMAGE_PLOTTERS, plot_image_grid, plot_trajectory
 
-__all__ = ["frechet_distance", "kernel_distance", "precision_recall", "memorization", "c2st", "quantize",
+__all__ = ["frechet_distance", "resampled_floor", "kernel_distance", "precision_recall", "memorization", "c2st", "quantize",
            "evaluate_images", "IMAGE_EVALUATORS", "IMAGE_PLOTTERS", "plot_image_grid", "plot_trajectory"]
 
 
@@ -59,6 +65,45 @@ def frechet_distance(f1: Tensor, f2: Tensor) -> float:
     c1, c2 = torch.cov(f1.T).reshape(f1.shape[1], -1), torch.cov(f2.T).reshape(f2.shape[1], -1)
     value = (mu1 - mu2).pow(2).sum() + c1.trace() + c2.trace() - 2 * _sqrt_trace_product(c1, c2)
     return float(value.clamp(min=0))
+
+
+def resampled_floor(f_train: Tensor, f_test: Tensor, m: int | None = None, labels: Tensor | None = None,
+                    draws: int = 100, seed: int = 0, distance=None) -> dict:
+    """The distance to ``f_test`` of ``m`` training features drawn with replacement, over ``draws`` bootstraps
+    (Efron 1979): ``{"mean", "std", "p95", "draws", "stratified"}``.
+
+    This is the score of a generator that samples the training split's empirical distribution, the minimiser of the
+    denoising loss, with fresh draws. With ``labels`` each class ``c`` contributes exactly ``m_c`` draws from its own
+    training images, ``m_c`` its count among ``m`` stratified draws (all of them when ``m`` is the split's size), as a
+    class-conditional model sampled with :meth:`unidm.data.Dataset.draw_labels` does; without, draws are i.i.d.
+    For the squared distance of means, ``E |mean(T*) - mu_H|^2 = |mu_T - mu_H|^2 + sum_c (m_c/m)^2 tr(S_c) / m_c``
+    (``S_c`` the biased covariance of class ``c``'s training features): the fixed split's value plus the fresh
+    draw's variance, which no generator drawing fresh samples avoids. ``distance(a, b)`` defaults to
+    :func:`frechet_distance`.
+    """
+    distance = frechet_distance if distance is None else distance
+    n = len(f_train)
+    m = n if m is None else int(m)
+    g = torch.Generator().manual_seed(seed)
+    if labels is not None:
+        labels = labels.long().flatten()
+        if len(labels) != n:
+            raise ValueError(f"labels has {len(labels)} entries for {n} training features")
+        classes = [(labels == c).nonzero().flatten() for c in labels.unique()]
+        # class counts among m stratified draws: exact when m == n, proportional (largest remainder) otherwise
+        quota = torch.tensor([len(i) * m / n for i in classes])
+        counts = quota.floor().long()
+        counts[torch.argsort(quota - counts, descending=True)[: m - int(counts.sum())]] += 1
+    values = []
+    for _ in range(draws):
+        if labels is None:
+            idx = torch.randint(n, (m,), generator=g)
+        else:
+            idx = torch.cat([i[torch.randint(len(i), (int(k),), generator=g)] for i, k in zip(classes, counts)])
+        values.append(distance(f_train[idx], f_test))
+    v = torch.tensor(values, dtype=torch.float64)
+    return {"mean": float(v.mean()), "std": float(v.std()), "p95": float(torch.quantile(v, 0.95)),
+            "draws": draws, "stratified": labels is not None}
 
 
 def kernel_distance(f1: Tensor, f2: Tensor, subsets: int = 50, subset_size: int = 1000, seed: int = 0) -> float:
@@ -156,7 +201,7 @@ def _entry(value: float, floor: float) -> dict:
 
 
 def evaluate_images(samples: Tensor, data, c2st_test: bool = True, seed: int = 12345,
-                    recipe: FeatureRecipe = FeatureRecipe()) -> dict:
+                    recipe: FeatureRecipe = FeatureRecipe(), stratified: bool = False) -> dict:
     """Every image metric for ``samples [N, C, H, W]`` against ``data``'s held-out split, with floors.
 
     The Fréchet and kernel distances compare ``m = min(len(samples), len(data.train))`` samples with the whole
@@ -165,7 +210,10 @@ def evaluate_images(samples: Tensor, data, c2st_test: bool = True, seed: int = 1
     depends on no draw. A floor from a few hundred drawn training images is itself a noisy number: for digits
     (359 held-out) it ranged 0.50-1.04 over 30 draws of 359 (mean 0.72), which made a lucky draw look like a floor
     no model could reach. The other metrics compare ``n = min(len(samples), len(data.test))`` of each.
-    ``recipe`` says how the feature network is trained. Returns ``{"n", "n_frechet", "metrics": {name: {"value",
+    The Fréchet entry also holds ``resampled`` (:func:`resampled_floor`: what a generator that draws fresh samples
+    from the training split scores; within each class when ``stratified``, i.e. the samples carry the training
+    class counts, as a conditional model sampled with :meth:`unidm.data.Dataset.draw_labels` does) and
+    ``ratio_resampled``. ``recipe`` says how the feature network is trained. Returns ``{"n", "n_frechet", "metrics": {name: {"value",
     "floor", "ratio"}}, "feature_net": {...}}``.
     """
     samples = samples.detach().float().cpu()
@@ -178,8 +226,14 @@ def evaluate_images(samples: Tensor, data, c2st_test: bool = True, seed: int = 1
     ref = data.train[idx].float()
     net = feature_net_for(data, recipe)
     f_s, f_t, f_r = features(net, samples[:m].clamp(-1, 1)), features(net, test), features(net, ref)
+    if stratified and data.train_labels is None:
+        raise ValueError("stratified=True needs a dataset with class labels")
+    f_train = features(net, data.train.float())
+    resampled = resampled_floor(f_train, f_t, m, labels=data.train_labels if stratified else None, seed=seed)
+    fd = frechet_distance(f_s, f_t)
     metrics = {
-        "frechet": _entry(frechet_distance(f_s, f_t), frechet_distance(f_r, f_t)),
+        "frechet": {**_entry(fd, frechet_distance(f_r, f_t)), "resampled": resampled,
+                    "ratio_resampled": fd / resampled["mean"]},
         "kid": _entry(kernel_distance(f_s, f_t), kernel_distance(f_r, f_t)),
     }
     samples, test, ref, f_s, f_t, f_r = samples[:n], test[:n], ref[:n], f_s[:n], f_t[:n], f_r[:n]

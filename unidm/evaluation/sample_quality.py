@@ -37,7 +37,7 @@ def evaluate_vectors(samples: Tensor, data) -> dict:
 
 
 #: dataset kind -> ``evaluate(samples, data) -> dict``
-EVALUATORS: dict[str, Callable[[Tensor, object], dict]] = {"vector": evaluate_vectors}
+EVALUATORS: dict[str, Callable[..., dict]] = {"vector": evaluate_vectors}
 
 
 def _register_evaluators() -> None:
@@ -51,7 +51,9 @@ def _register_evaluators() -> None:
 _register_evaluators()
 
 
-def evaluate_samples(samples: Tensor, data) -> dict:
+def evaluate_samples(samples: Tensor, data, **options) -> dict:
+    """``EVALUATORS[data.kind](samples, data, **options)``; ``options`` are the evaluator's own (e.g. the image
+    evaluator's ``stratified``)."""
     if data.kind not in EVALUATORS:
         raise ValueError(f"no evaluator for data of kind {data.kind!r}; valid: {sorted(EVALUATORS)}")
-    return EVALUATORS[data.kind](samples, data)
+    return EVALUATORS[data.kind](samples, data, **options)
