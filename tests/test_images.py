@@ -3,6 +3,7 @@ the sample-quality metrics against their floors, and one tiny run through the tr
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -308,7 +309,7 @@ def test_draw_labels_follow_the_class_prior_stratified_and_depend_on_the_seed_al
         type(d)("plain", d.train, d.test, kind="image").draw_labels(range(3))
 
 
-def test_conditional_run_is_sampled_with_labels_from_the_class_prior(tmp_path):
+def test_conditional_run_is_sampled_with_labels_from_the_class_prior(tmp_path, capsys):
     """``unidm sample`` of a class-conditional run without ``--class`` draws one label per seed from the training
     class frequencies (the samples then follow the data distribution); ``--null-label`` uses the unconditional
     model, ``--class K`` class K."""
@@ -334,3 +335,13 @@ def test_conditional_run_is_sampled_with_labels_from_the_class_prior(tmp_path):
         assert main([*common, *extra, "--out", npz]) == 0
         torch.testing.assert_close(torch.from_numpy(np.load(npz)["samples"]), expect[name])
     assert not torch.allclose(expect["prior"], expect["null"])
+    # unidm eval compares stratified samples with fresh draws from the training split within classes; the null
+    # label's unconditional samples with i.i.d. draws
+    for extra, within in (([], True), (["--null-label"], False)):
+        capsys.readouterr()
+        assert main(["eval", out, "-n", "64", "--sampler", "euler", "--steps", "2", "--json", *extra]) == 0
+        frechet = json.loads(capsys.readouterr().out)["metrics"]["frechet"]
+        assert frechet["resampled"]["stratified"] is within
+        assert frechet["ratio_resampled"] == pytest.approx(frechet["value"] / frechet["resampled"]["mean"])
+    assert main(["eval", out, "-n", "64", "--sampler", "euler", "--steps", "2"]) == 0
+    assert "resampled" in capsys.readouterr().out

@@ -68,7 +68,7 @@ def frechet_distance(f1: Tensor, f2: Tensor) -> float:
 
 
 def resampled_floor(f_train: Tensor, f_test: Tensor, m: int | None = None, labels: Tensor | None = None,
-                    draws: int = 100, seed: int = 0, distance=None) -> dict:
+                    draws: int = 400, seed: int = 0, distance=None) -> dict:
     """The distance to ``f_test`` of ``m`` training features drawn with replacement, over ``draws`` bootstraps
     (Efron 1979): ``{"mean", "std", "p95", "draws", "stratified"}``.
 
