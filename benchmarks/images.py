@@ -106,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
           f"images); resampled floor {resampled['mean']:.3f} +- {resampled['std']:.3f} (fresh draws from the "
           f"training split{', within classes' if stratified else ''})", flush=True)
 
+    # Fréchet levels whose first crossing during training is reported: multiples of the floor, the resampled floor
+    targets = {**{factor: factor * floor for factor in THRESHOLDS}, "resampled": resampled["mean"]}
     probe_model = copy.deepcopy(model)
     history: list[dict] = []
     eval_seconds = [0.0]
@@ -121,11 +123,10 @@ def main(argv: list[str] | None = None) -> int:
         eval_seconds[0] += time.perf_counter() - t
         train_time = record["time"] - eval_seconds[0] + (time.perf_counter() - t)
         history.append({"step": step, "train_seconds": train_time, "frechet": fd, "loss": record["loss"]})
-        for factor in THRESHOLDS:
-            if fd <= factor * floor and factor not in reached:
-                reached[factor] = {"step": step, "images": step * cfg.train.batch_size, "train_seconds": train_time}
-        if fd <= resampled["mean"] and "resampled" not in reached:
-            reached["resampled"] = {"step": step, "images": step * cfg.train.batch_size, "train_seconds": train_time}
+        at = {"step": step, "images": step * cfg.train.batch_size, "train_seconds": train_time}
+        for key, level in targets.items():
+            if fd <= level and key not in reached:
+                reached[key] = at
         print(f"  step {step:5d}  train {train_time:6.1f} s  loss {record['loss']:.4f}  Fréchet {fd:.3f} "
               f"(floor {floor:.3f}, resampled {resampled['mean']:.3f})", flush=True)
 
@@ -178,15 +179,12 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"\n{name}: {result.step} steps x {cfg.train.batch_size} in {train_seconds:.1f} s of training "
           f"= {report['train_images_per_sec']:.0f} images/s ({args.threads} threads)")
-    for factor in THRESHOLDS:
-        r = reached.get(factor)
-        what = "the floor" if factor == 1 else f"{factor:g}x the floor"
+    for key in targets:
+        r = reached.get(key)
+        what = (f"the resampled floor ({resampled['mean']:.3f} +- {resampled['std']:.3f})" if key == "resampled"
+                else "the floor" if key == 1 else f"{key:g}x the floor")
         print(f"Fréchet <= {what}: " + (f"first at step {r['step']} ({r['images']} images), {r['train_seconds']:.1f} s "
                                          f"of training" if r else "not reached during training"))
-    r = reached.get("resampled")
-    print(f"Fréchet <= the resampled floor ({resampled['mean']:.3f} +- {resampled['std']:.3f}): "
-          + (f"first at step {r['step']} ({r['images']} images), {r['train_seconds']:.1f} s of training" if r
-             else "not reached during training"))
     print(f"\nFréchet: mean [min, max] over {len(rows[0]['frechet_sets'])} disjoint seed sets of {n} samples; "
           f"'rounded': the same samples rounded to the data's {levels} grey levels")
     print(f"{'NFE':>4s} {'Fréchet':>9s} {'[min, max]':>15s} {'floor':>7s} {'ratio':>6s} {'resampled':>10s} "

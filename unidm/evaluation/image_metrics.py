@@ -35,8 +35,8 @@ from torch import Tensor
 from .feature_net import FeatureRecipe, features, feature_net_for
 from .image_plots import IMAGE_PLOTTERS, plot_image_grid, plot_trajectory
 
-__all__ = ["frechet_distance", "resampled_floor", "kernel_distance", "precision_recall", "memorization", "c2st", "quantize",
-           "evaluate_images", "IMAGE_EVALUATORS", "IMAGE_PLOTTERS", "plot_image_grid", "plot_trajectory"]
+__all__ = ["frechet_distance", "resampled_floor", "kernel_distance", "precision_recall", "memorization", "c2st",
+           "quantize", "evaluate_images", "IMAGE_EVALUATORS", "IMAGE_PLOTTERS", "plot_image_grid", "plot_trajectory"]
 
 
 def _sqrt_trace_product(c1: Tensor, c2: Tensor) -> Tensor:
@@ -213,22 +213,22 @@ def evaluate_images(samples: Tensor, data, c2st_test: bool = True, seed: int = 1
     The Fréchet entry also holds ``resampled`` (:func:`resampled_floor`: what a generator that draws fresh samples
     from the training split scores; within each class when ``stratified``, i.e. the samples carry the training
     class counts, as a conditional model sampled with :meth:`unidm.data.Dataset.draw_labels` does) and
-    ``ratio_resampled``. ``recipe`` says how the feature network is trained. Returns ``{"n", "n_frechet", "metrics": {name: {"value",
-    "floor", "ratio"}}, "feature_net": {...}}``.
+    ``ratio_resampled``. ``recipe`` says how the feature network is trained. Returns ``{"n", "n_frechet",
+    "metrics": {name: {"value", "floor", "ratio"}}, "feature_net": {...}}``.
     """
     samples = samples.detach().float().cpu()
     n = min(len(samples), len(data.test))
     if n < 10:
         raise ValueError(f"need at least 10 samples and held-out images to evaluate, got {n}")
+    if stratified and data.train_labels is None:
+        raise ValueError("stratified=True needs a dataset with class labels")
     m = min(len(samples), len(data.train))
     test = data.test.float()
     idx = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(seed))[:m]
     ref = data.train[idx].float()
     net = feature_net_for(data, recipe)
-    f_s, f_t, f_r = features(net, samples[:m].clamp(-1, 1)), features(net, test), features(net, ref)
-    if stratified and data.train_labels is None:
-        raise ValueError("stratified=True needs a dataset with class labels")
-    f_train = features(net, data.train.float())
+    f_train = features(net, data.train.float())  # once: the floor's draw and the resampled floor both use it
+    f_s, f_t, f_r = features(net, samples[:m].clamp(-1, 1)), features(net, test), f_train[idx]
     resampled = resampled_floor(f_train, f_t, m, labels=data.train_labels if stratified else None, seed=seed)
     fd = frechet_distance(f_s, f_t)
     metrics = {
