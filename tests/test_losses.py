@@ -79,3 +79,33 @@ def test_noise_level_distributions(name):
     if name == "uniform-t":
         t = p.t_of_sigma(s)
         assert abs(float(t.mean()) - 0.5 * (p.t_min + p.t_max_sampling)) < 0.01
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_loss_draws_through_perturb_as_before(dtype):
+    """The loss draws ``sigma`` then ``x = process.perturb(x0, sigma)`` from one generator; for a Gaussian process
+    that is ``x0 + sigma eps`` with ``eps`` the next standard normal draw, so the losses equal ``at_sigma`` with
+    that ``eps`` exactly (the same training losses, bit for bit, as before the hook)."""
+    oracle = GaussianOracle(torch.zeros(3, dtype=dtype), torch.ones(3, dtype=dtype))
+    loss = DenoisingLoss(EDM(), LogNormalSigma(), "edm", sigma_data=0.5)
+    x0 = torch.randn(64, 3, generator=torch.Generator().manual_seed(0), dtype=dtype)
+    got = loss(oracle, x0, torch.Generator().manual_seed(5))
+    g = torch.Generator().manual_seed(5)
+    sigma = LogNormalSigma().draw(EDM(), 64, g, x0.device, dtype)
+    eps = torch.randn(x0.shape, generator=g, dtype=dtype)
+    assert torch.equal(got, loss.at_sigma(oracle, x0, sigma, eps))
+
+
+def test_loss_uses_the_process_kernel():
+    """A process whose kernel is the identity (``perturb`` returns ``x0``) makes the identity denoiser's loss
+    exactly zero, while the Gaussian kernel does not: the loss sees only what ``perturb`` draws."""
+
+    class NoNoise(EDM):
+        def perturb(self, x0, sigma, generator=None):
+            return x0.clone()
+
+    x0 = torch.randn(16, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    identity = lambda x, sigma: x  # noqa: E731
+    zero = DenoisingLoss(NoNoise(), LogNormalSigma(), "edm")(identity, x0, torch.Generator().manual_seed(0))
+    assert torch.equal(zero, torch.zeros(16, dtype=torch.float64))
+    assert bool((DenoisingLoss(EDM(), LogNormalSigma(), "edm")(identity, x0) > 0).all())

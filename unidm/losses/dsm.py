@@ -45,13 +45,20 @@ class DenoisingLoss:
         return self.weighting(path_coefficients(self.process, sigma), self.sigma_data, self.gamma)
 
     def at_sigma(self, denoiser: DenoiserFn, x0: Tensor, sigma: Tensor, eps: Tensor, **cond) -> Tensor:
-        """The loss at given noise levels ``sigma [B]`` and noise ``eps``: ``lambda |D - x0|^2`` [B]."""
+        """The loss at given noise levels ``sigma [B]`` and standardized noise ``eps`` (``x = x0 + sigma eps``):
+        ``lambda |D - x0|^2`` [B]."""
         shape = (-1, *([1] * (x0.ndim - 1)))
-        x = x0 + sigma.reshape(shape) * eps
+        return self.at_x(denoiser, x0, x0 + sigma.reshape(shape) * eps, sigma, **cond)
+
+    def at_x(self, denoiser: DenoiserFn, x0: Tensor, x: Tensor, sigma: Tensor, **cond) -> Tensor:
+        """The loss of the corrupted ``x`` at noise levels ``sigma [B]``: ``lambda(sigma) |D(x, sigma) - x0|^2``
+        [B] (mean over dims)."""
         err = (denoiser(x, sigma, **cond) - x0) ** 2
         return self.weight(sigma) * err.reshape(x0.shape[0], -1).mean(1)
 
     def __call__(self, denoiser: DenoiserFn, x0: Tensor, generator: torch.Generator | None = None, **cond) -> Tensor:
+        """Draw ``sigma ~ p(sigma)`` and ``x ~ process.perturb(x0, sigma)`` (any location-scale kernel: the
+        minimizer is still ``E[x0 | x]``), then :meth:`at_x`."""
         sigma = self.noise_levels.draw(self.process, x0.shape[0], generator, x0.device, x0.dtype)
-        eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-        return self.at_sigma(denoiser, x0, sigma, eps, **cond)
+        x = self.process.perturb(x0, sigma, generator)
+        return self.at_x(denoiser, x0, x, sigma, **cond)

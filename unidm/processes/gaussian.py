@@ -12,11 +12,15 @@ SDEs", eq. 5) that has these marginals has ``f = d log alpha / dt`` and ``g^2 = 
 
 from __future__ import annotations
 
+import inspect
 import math
 from abc import ABC, abstractmethod
+from typing import Sequence
 
 import torch
 from torch import Tensor
+
+from ..rng import Generators, randn, seed_generators
 
 __all__ = [
     "GaussianProcess",
@@ -28,7 +32,47 @@ __all__ = [
     "EDM",
     "RectifiedFlow",
     "PROCESSES",
+    "build_process",
+    "takes_data_dim",
+    "gaussian_prior_sample",
+    "gaussian_log_prob",
+    "per_example",
 ]
+
+
+_LOG_2PI = math.log(2 * math.pi)
+
+
+def per_example(sigma: Tensor | float, x: Tensor) -> Tensor | float:
+    """``sigma`` shaped to broadcast over ``x [B, ...]``: a ``[B]`` tensor becomes ``[B, 1, ...]``; a scalar or an
+    already broadcastable tensor is returned as it is."""
+    if isinstance(sigma, Tensor) and sigma.ndim == 1 and x.ndim > 1:
+        return sigma.reshape(-1, *([1] * (x.ndim - 1)))
+    return sigma
+
+
+def gaussian_prior_sample(
+    shape: Sequence[int], sigma_max: float, seeds: Sequence[int] | None = None, generator: Generators = None,
+    dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
+) -> Tensor:
+    """``sigma_max * eps``, ``eps ~ N(0, I)`` of shape ``shape``, drawn on the CPU and moved to ``device`` (so a
+    seed gives the same numbers on every device). With ``seeds`` (one per row), row ``i`` comes from a generator
+    seeded with ``seeds[i]`` alone; else from ``generator`` (one, one per row, or the global RNG)."""
+    shape = tuple(shape)
+    if seeds is not None:
+        seeds = list(seeds)
+        if len(seeds) != shape[0]:
+            raise ValueError(f"got {len(seeds)} seeds for a batch of {shape[0]}")
+        generator = seed_generators(seeds)
+    eps = randn(shape, generator, dtype, "cpu")
+    return (eps * sigma_max).to(device)
+
+
+def gaussian_log_prob(x: Tensor, variance: float) -> Tensor:
+    """``[B]`` ``log N(x; 0, variance I)`` summed over all non-batch dimensions."""
+    flat = x.reshape(x.shape[0], -1)
+    d = flat.shape[1]
+    return -0.5 * (flat.pow(2).sum(1) / variance + d * (math.log(variance) + _LOG_2PI))
 
 
 def _as_tensor(t: Tensor | float, like: Tensor | None = None) -> Tensor:
@@ -45,14 +89,32 @@ class GaussianProcess(ABC):
     sigma-space, SDE drift and diffusion) follows here. All methods take ``t`` as a tensor of any shape and work
     in its dtype (float64 in the tests).
 
+    **The kernel hooks** (the forward process and its prior, after Song et al. 2021's ``sde_lib``: ``marginal_prob``,
+    ``prior_sampling``, ``prior_logp``), all in sigma-space ``x = x0 + sigma * z``: :meth:`perturb` draws ``x`` given
+    ``x0`` (the denoising loss draws through it), :meth:`prior_sample` draws the start of sampling at ``sigma_max``,
+    :meth:`prior_log_prob` scores the end of the ODE likelihood. Here ``z ~ N(0, I)``. A subclass with another
+    location-scale law for ``z`` (e.g. the Student-t kernel of PFGM++, Xu et al. 2023, "PFGM++: Unlocking the
+    Potential of Physics-Inspired Generative Models", eq. 4 with ``r = sigma sqrt(D)``) overrides the three and sets
+    ``gaussian_kernel = False``: the probability-flow ODE ``dx/dsigma = (x - D(x, sigma)) / sigma`` with
+    ``D = E[x0 | x]`` still transports its marginals, so deterministic samplers and the ODE likelihood carry over,
+    while the samplers that draw Gaussian transition noise refuse it (:func:`unidm.samplers.check_sampler`).
+
+    **Data dimension at build time.** A process whose ``__init__`` takes a keyword argument ``data_dim`` gets
+    ``data_dim = prod(data_shape)`` from the family that builds it (:func:`build_process`); it is not a user option
+    (``process_options`` may not set it), and it is not part of :meth:`config` unless the process chooses to record
+    it there.
+
     Attributes:
         t_max: the prior end of the time axis (1, except EDM where ``t = sigma``).
         t_min: smallest time used in training and as the default end of sampling grids.
+        gaussian_kernel: whether ``x | x0`` is Gaussian (Tweedie's score, ancestral and SDE steps, EDM churn are
+            valid only then).
     """
 
     name: str = "gaussian"
     t_max: float = 1.0
     t_min: float = 1e-3
+    gaussian_kernel: bool = True
 
     @abstractmethod
     def alpha(self, t: Tensor) -> Tensor: ...
@@ -115,6 +177,31 @@ class GaussianProcess(ABC):
         """``x_t = alpha_t x0 + sigma_t eps`` with ``t`` of shape ``(B,)``."""
         shape = (-1, *([1] * (x0.ndim - 1)))
         return self.alpha(t).reshape(shape) * x0 + self.sigma_t(t).reshape(shape) * eps
+
+    # ---- the kernel hooks (sigma-space, x = x0 + sigma z) --------------------------------------------------
+    def perturb(self, x0: Tensor, sigma: Tensor | float, generator: Generators = None) -> Tensor:
+        """``x = x0 + sigma * z`` with ``z ~ N(0, I)``, a draw from the kernel ``p(x | x0, sigma)``.
+
+        Args:
+            x0: data ``[B, ...]``.
+            sigma: noise level, a scalar or one per example ``[B]`` (or anything broadcastable to ``x0``).
+            generator: one ``torch.Generator``, one per row, or ``None`` (see :func:`unidm.rng.randn`).
+        """
+        z = randn(x0.shape, generator, x0.dtype, x0.device)
+        return x0 + per_example(sigma, x0) * z
+
+    def prior_sample(
+        self, shape: Sequence[int], sigma_max: float, seeds: Sequence[int] | None = None,
+        generator: Generators = None, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
+    ) -> Tensor:
+        """``[shape]`` draws from the prior at ``sigma_max``: ``sigma_max * z``, ``z ~ N(0, I)`` (with ``seeds``,
+        row ``i`` depends only on ``seeds[i]``). This is what :func:`unidm.samplers.prior_noise` draws."""
+        return gaussian_prior_sample(shape, sigma_max, seeds, generator, dtype, device)
+
+    def prior_log_prob(self, x: Tensor, sigma_max: float, prior_variance: float = 0.0) -> Tensor:
+        """``[B]`` ``log N(x; 0, (sigma_max^2 + prior_variance) I)``, the prior of the ODE likelihood
+        (Song et al. 2021, App. D.2); ``prior_variance`` is the data variance the Gaussian keeps."""
+        return gaussian_log_prob(x, sigma_max**2 + prior_variance)
 
     def config(self) -> dict:
         """Init arguments, so that ``PROCESSES[name](**config)`` rebuilds this process."""
@@ -396,3 +483,26 @@ class RectifiedFlow(GaussianProcess):
 PROCESSES: dict[str, type[GaussianProcess]] = {
     cls.name: cls for cls in (VPLinear, VPDiscrete, VPCosine, VE, SubVP, EDM, RectifiedFlow)
 }
+
+
+def takes_data_dim(cls: type) -> bool:
+    """Whether process class ``cls`` takes the keyword ``data_dim`` (the build-time convention of
+    :class:`GaussianProcess`)."""
+    params = inspect.signature(cls).parameters.values()
+    return any(p.name == "data_dim" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) for p in params)
+
+
+def build_process(name: str, options: dict | None = None, data_dim: int | None = None,
+                  registry: dict | None = None) -> GaussianProcess:
+    """``PROCESSES[name](**options)``, plus ``data_dim=data_dim`` when the class takes it (and ``data_dim`` is
+    known). ``options`` may not hold ``data_dim``: the data decide it, not the user."""
+    registry = PROCESSES if registry is None else registry
+    options = dict(options or {})
+    if name not in registry:
+        raise ValueError(f"unknown process {name!r}; valid: {', '.join(sorted(registry))}")
+    cls = registry[name]
+    if "data_dim" in options:
+        raise ValueError(f"process option 'data_dim' of {name!r} is set from the data, not by the user")
+    if data_dim is not None and takes_data_dim(cls):
+        options["data_dim"] = int(data_dim)
+    return cls(**options)

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from ..denoiser import DenoiserFn
+from ..processes import gaussian_prior_sample
 
 __all__ = [
     "Generator", "Callback", "randn_like", "prior_noise", "CountingDenoiser", "SampleResult", "denoise",
@@ -37,13 +38,12 @@ def prior_noise(
     shape: Sequence[int], sigma_max: float, seeds: Sequence[int] | None = None, generator: torch.Generator | None = None,
     dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
 ) -> Tensor:
-    """Initial noise ``sigma_max * eps``. With ``seeds``, sample ``i`` depends only on ``seeds[i]``."""
-    if seeds is not None:
-        gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
-        eps = randn_like(torch.empty(len(gens), *shape[1:], dtype=dtype), gens)
-    else:
-        eps = torch.randn(tuple(shape), generator=generator, dtype=dtype)
-    return (eps * sigma_max).to(device)
+    """Initial noise ``sigma_max * eps`` of the Gaussian kernel. With ``seeds`` (one per row, ``len(seeds) ==
+    shape[0]``), sample ``i`` depends only on ``seeds[i]``. The same draw as
+    :meth:`~unidm.processes.GaussianProcess.prior_sample` of every Gaussian process (one implementation,
+    :func:`~unidm.processes.gaussian_prior_sample`); a family with a non-Gaussian process draws through its
+    process's ``prior_sample`` instead."""
+    return gaussian_prior_sample(shape, sigma_max, seeds, generator, dtype, device)
 
 
 class CountingDenoiser:
