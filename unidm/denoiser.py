@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from typing import Protocol
 
-import torch
 from torch import Tensor, nn
 
 from .parameterization import Parameterization, c_in, c_noise, path_coefficients
 from .processes import GaussianProcess
+from .utils import as_sigma_batch  # re-exported: it lives in utils so that oracles need not import this layer
 
 __all__ = ["DenoiserFn", "Denoiser", "as_sigma_batch", "score_from_denoiser"]
 
@@ -22,14 +22,6 @@ class DenoiserFn(Protocol):
     """Anything with ``D(x [B, ...], sigma [B], **cond) -> x0_hat [B, ...]``."""
 
     def __call__(self, x: Tensor, sigma: Tensor, **cond) -> Tensor: ...
-
-
-def as_sigma_batch(sigma: Tensor | float, x: Tensor) -> Tensor:
-    """Broadcast a scalar or ``(B,)`` noise level to shape ``(B,)`` in ``x``'s dtype and device."""
-    sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
-    if sigma.ndim == 0:
-        sigma = sigma.expand(x.shape[0])
-    return sigma.reshape(x.shape[0])
 
 
 def score_from_denoiser(denoised: Tensor, x: Tensor, sigma: Tensor) -> Tensor:

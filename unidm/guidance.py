@@ -42,8 +42,9 @@ import math
 import torch
 from torch import Tensor
 
-from .denoiser import DenoiserFn, as_sigma_batch
+from .denoiser import DenoiserFn
 from .oracles import GaussianMixtureOracle
+from .utils import as_sigma_batch
 
 __all__ = [
     "ClassifierFreeGuidance", "ClassifierGuidance", "AutoGuidance", "MixtureClassOracle", "classifier_log_prob_grad",

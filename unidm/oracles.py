@@ -19,7 +19,7 @@ import math
 import torch
 from torch import Tensor
 
-from .denoiser import as_sigma_batch
+from .utils import as_sigma_batch
 
 __all__ = ["GaussianOracle", "GaussianMixtureOracle", "EmpiricalOracle"]
 

@@ -5,7 +5,22 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable
 
-__all__ = ["as_options", "check_choice", "check_kwargs", "valid_kwargs"]
+import torch
+from torch import Tensor
+
+__all__ = ["as_options", "as_sigma_batch", "check_choice", "check_kwargs", "valid_kwargs"]
+
+
+def as_sigma_batch(sigma: Tensor | float, x: Tensor) -> Tensor:
+    """Broadcast a scalar or ``(B,)`` noise level to shape ``(B,)`` in ``x``'s dtype and device.
+
+    >>> as_sigma_batch(0.5, torch.zeros(3, 2, dtype=torch.float64))
+    tensor([0.5000, 0.5000, 0.5000], dtype=torch.float64)
+    """
+    sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
+    if sigma.ndim == 0:
+        sigma = sigma.expand(x.shape[0])
+    return sigma.reshape(x.shape[0])
 
 
 def valid_kwargs(fn: Callable) -> list[str]:
