@@ -45,7 +45,7 @@ from unidm.evaluation.image_metrics import (
 )
 from unidm.presets import get_preset
 from unidm.run import build_data, build_model
-from unidm.samplers import make_grid, prior_noise, sample
+from unidm.samplers import make_grid, prior_noise, solve
 from unidm.train import train
 
 #: probe thresholds, as multiples of the Fréchet floor, whose first crossing is reported
@@ -63,7 +63,7 @@ def draw(model, n: int, nfe: int, seed: int = 0, sampler: str = "dpmpp_2m",
     x = prior_noise((n, *model.data_shape), float(g[0]), seeds=seeds)
     model.eval()
     with torch.no_grad():
-        res = sample(model.denoiser, x, g, method=sampler, return_result=True, **prior_labels(model, data, seeds))
+        res = solve(model.denoiser, x, g, method=sampler, **prior_labels(model, data, seeds))
     return res.x, res.nfe, time.perf_counter() - t0
 
 

@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from unidm.oracles import GaussianMixtureOracle  # noqa: E402
 from unidm.processes import VPDiscrete  # noqa: E402
-from unidm.samplers import STOCHASTIC, karras_grid, log_snr_grid, sample, uniform_t_grid  # noqa: E402
+from unidm.samplers import STOCHASTIC, karras_grid, log_snr_grid, sample, solve, uniform_t_grid  # noqa: E402
 
 F64 = torch.float64
 BETAS = torch.linspace(1e-4, 0.02, 1000, dtype=F64)
@@ -113,7 +113,7 @@ def run_unidm(oracle, x, budget):
             continue
         for gname, grid in unidm_grids(n).items():
             gen = torch.Generator().manual_seed(1)
-            res = sample(oracle, x, grid, method, generator=gen, return_result=True, **opts)
+            res = solve(oracle, x, grid, method, generator=gen, **opts)
             yield f"{name}@{gname}", res.x, res.nfe, method in STOCHASTIC
 
 
@@ -299,8 +299,7 @@ def main():
         n = n_samples[dim]
         x = SIGMA_MAX * torch.randn(n, dim, dtype=F64, generator=torch.Generator().manual_seed(0))
         t = time.time()
-        ref = sample(oracle, x, torch.tensor([SIGMA_MAX, 1e-5, 0.0], dtype=F64), "adaptive", rtol=1e-9, atol=1e-9,
-                     return_result=True)
+        ref = solve(oracle, x, torch.tensor([SIGMA_MAX, 1e-5, 0.0], dtype=F64), "adaptive", rtol=1e-9, atol=1e-9)
         truth = oracle.sample(n, generator=torch.Generator().manual_seed(123))
         floor = sum(sliced_w2(oracle.sample(n, generator=torch.Generator().manual_seed(200 + j)),
                               oracle.sample(n, generator=torch.Generator().manual_seed(300 + j)))

@@ -132,13 +132,13 @@ def test_guidance_interval_returns_the_conditional_prediction_outside():
 
 
 def test_batched_cfg_makes_one_denoiser_call_per_step():
-    from unidm.samplers import karras_grid, sample
+    from unidm.samplers import karras_grid, solve
 
     oracle = ring(k=6)
     counted = CountingOracle(oracle)
     cfg = ClassifierFreeGuidance(counted, scale=2.0)
     x = 80.0 * torch.randn(16, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    res = sample(cfg, x, karras_grid(12, 0.002, 80.0), "heun", return_result=True, class_labels=torch.arange(16) % 6)
+    res = solve(cfg, x, karras_grid(12, 0.002, 80.0), "heun", class_labels=torch.arange(16) % 6)
     assert counted.calls == res.nfe > 0
     assert set(counted.rows) == {32}
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from unidm.oracles import GaussianMixtureOracle, GaussianOracle
-from unidm.samplers import (ALIASES, METHODS, STOCHASTIC, karras_grid, method_options, resolve_method, sample)
+from unidm.samplers import (ALIASES, METHODS, STOCHASTIC, karras_grid, method_options, resolve_method, sample,
+                            solve)
 
 torch.set_num_threads(1)
 F64 = torch.float64
@@ -83,7 +84,7 @@ def test_midpoint_is_second_order_and_superconvergent_on_the_gaussian(gaussian):
 def test_adaptive_meets_its_tolerance(gaussian, tol):
     x = _x0()
     exact = gaussian.ode_solution(x, SIGMA_MAX, SIGMA_MIN)
-    res = sample(gaussian, x, _grid(1), "adaptive", rtol=tol, atol=tol, return_result=True)
+    res = solve(gaussian, x, _grid(1), "adaptive", rtol=tol, atol=tol)
     err = (res.x - exact).abs().max().item()
     assert err < 10 * tol
     assert res.nfe > 7
@@ -91,7 +92,7 @@ def test_adaptive_meets_its_tolerance(gaussian, tol):
 
 def test_adaptive_spends_more_nfe_for_tighter_tolerance(gaussian):
     x = _x0()
-    nfe = [sample(gaussian, x, _grid(1), "adaptive", rtol=t, atol=t, return_result=True).nfe for t in (1e-3, 1e-6)]
+    nfe = [solve(gaussian, x, _grid(1), "adaptive", rtol=t, atol=t).nfe for t in (1e-3, 1e-6)]
     assert nfe[1] > 2 * nfe[0]
 
 
@@ -128,13 +129,13 @@ def test_nfe_is_reported(gaussian):
     expected = {"euler": 10, "heun": 19, "midpoint": 20, "rk4": 37, "dpmpp_3m": 10, "unipc": 10, "lms": 10,
                 "dpm_solver": 19}
     for method, nfe in expected.items():
-        assert sample(gaussian, x, grid, method, return_result=True).nfe == nfe, method
+        assert solve(gaussian, x, grid, method).nfe == nfe, method
 
 
 def test_trajectory_and_callback(gaussian):
     seen = []
-    res = sample(gaussian, _x0(), karras_grid(5, 0.002, SIGMA_MAX), "dpmpp_2m", return_result=True,
-                 keep_trajectory=True, callback=lambda info: seen.append(info["sigma_next"]))
+    res = solve(gaussian, _x0(), karras_grid(5, 0.002, SIGMA_MAX), "dpmpp_2m",
+                keep_trajectory=True, callback=lambda info: seen.append(info["sigma_next"]))
     assert len(res.trajectory) == 5 and seen[-1] == 0.0
     torch.testing.assert_close(res.trajectory[-1], res.x)
 

@@ -44,7 +44,7 @@ def sample_adaptive(
     Error control per sample as in scipy's RK45: RMS of ``err / (atol + rtol max(|x|, |x_new|))`` <= 1,
     step factor ``clip(0.9 err^(-1/5), 0.2, 10)``, no growth right after a rejection. ``first_step`` (in
     ``log sigma``) defaults to Hairer's starting-step heuristic ("Solving ODEs I", Sec. II.4), per sample.
-    The NFE it spent is in :class:`~unidm.samplers.SampleResult` when called through ``sample``.
+    The NFE it spent is in :class:`~unidm.samplers.SampleResult` when called through ``solve``.
     """
     sigmas = sigma_list(grid)
     positive = [s for s in sigmas if s > 0]
