@@ -29,6 +29,9 @@ class Dataset:
         num_classes: 0 when unlabelled.
         vocab_size: for tokens.
         meta: anything else (e.g. ``"oracle"`` for analytic mixtures, ``"levels"`` for quantized pixels).
+        extras: more per-example training tensors by name (``[N, ...]`` each, ``N = len(train)``), e.g. a reflow
+            coupling's ``"z"``: they ride in every batch beside ``"x"`` and ``"y"`` (:meth:`train_tensors`), cut by
+            the same indices, so sharding, accumulation and exact resume carry them untouched.
     """
 
     name: str
@@ -40,6 +43,18 @@ class Dataset:
     num_classes: int = 0
     vocab_size: int = 0
     meta: dict = field(default_factory=dict)
+    extras: dict[str, Tensor] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = len(self.train)
+        for name, t in self.extras.items():
+            if name in ("x", "y"):
+                raise ValueError(f"dataset {self.name!r}: extra training tensor {name!r} would shadow the batch's "
+                                 f"{'data' if name == 'x' else 'labels'}; give it another name")
+            if not isinstance(t, Tensor) or t.dim() == 0 or len(t) != n:
+                what = f"shape {tuple(t.shape)}" if isinstance(t, Tensor) else type(t).__name__
+                raise ValueError(f"dataset {self.name!r}: extra training tensor {name!r} must be a tensor with one "
+                                 f"row per training example ({n}), got {what}")
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -77,11 +92,16 @@ class Dataset:
         order = labels[torch.randperm(n, generator=torch.Generator().manual_seed(seed_for(n, "labels")))]
         return order[torch.tensor([int(s) % n for s in seeds], dtype=torch.long)]
 
-    def batch(self, indices: Tensor) -> dict[str, Tensor]:
-        out = {"x": self.train[indices]}
+    def train_tensors(self) -> dict[str, Tensor]:
+        """Every per-example training tensor by its batch name: ``"x"``, ``"y"`` (when labelled), the extras."""
+        out = {"x": self.train}
         if self.train_labels is not None:
-            out["y"] = self.train_labels[indices]
-        return out
+            out["y"] = self.train_labels
+        return {**out, **self.extras}
+
+    def batch(self, indices: Tensor) -> dict[str, Tensor]:
+        """The training examples ``indices`` as a batch: each of :meth:`train_tensors` indexed by them."""
+        return {k: v[indices] for k, v in self.train_tensors().items()}
 
 
 class BatchOrder:

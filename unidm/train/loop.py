@@ -32,12 +32,12 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..config import TrainConfig
 from ..data import BatchOrder, Dataset, seed_for
 from .checkpoint import (
     CheckpointError, atomic_save_safetensors, atomic_write_bytes, checkpoint_path, clean_temporaries, fault_point,
     last_good_checkpoint, latest_checkpoint, list_checkpoints, load_checkpoint, param_digest, save_checkpoint,
 )
+from .config import TrainConfig
 from .distributed import DistInfo, resolve_device
 from .ema import EMA
 
