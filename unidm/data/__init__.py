@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 from typing import Callable
 
 import torch
@@ -18,8 +19,8 @@ from .images import IMAGE_DATASETS
 from .mixtures import MIXTURES, make_mixture
 from .toy import TOY_GENERATORS, make_toy
 
-__all__ = ["Dataset", "BatchOrder", "DATASETS", "build_dataset", "toy_dataset", "mixture_dataset",
-           "array_dataset", "load_array", "make_toy", "make_mixture", "seed_for"]
+__all__ = ["Dataset", "BatchOrder", "DATASETS", "build_dataset", "check_data_options", "toy_dataset",
+           "mixture_dataset", "array_dataset", "load_array", "make_toy", "make_mixture", "seed_for"]
 
 
 def toy_dataset(name: str, n_train: int = 50_000, n_test: int = 10_000, noise: float = 0.05, seed: int = 0) -> Dataset:
@@ -47,9 +48,17 @@ def mixture_dataset(name: str, n_train: int = 50_000, n_test: int = 10_000, seed
 
 
 def array_dataset(path: str, key: str | None = None, test_fraction: float = 0.1, seed: int = 0) -> Dataset:
-    """The user's own ``.npy/.npz/.csv`` array of vectors, split at random into train and held-out."""
+    """The user's own ``.npy/.npz/.csv`` array of vectors ``[N, D]`` (``[N]`` is ``[N, 1]``), split at random into
+    train and held-out. An array of images ``[N, H, W, ...]`` is refused, never flattened: ``data.name=image-array``
+    loads it as images."""
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"data.test_fraction must be in (0, 1), got {test_fraction!r}")
     raw = load_array(path, key)
-    arr = torch.from_numpy(raw.reshape(len(raw), -1))
+    if raw.ndim > 2:
+        raise ValueError(f"data file {path} holds an array of shape {raw.shape}; data.name=array takes vectors "
+                         "[N, D]: for images [N, H, W], [N, H, W, C] or [N, C, H, W] use data.name=image-array, "
+                         "otherwise reshape it to [N, D] yourself")
+    arr = torch.from_numpy(raw)
     n_test = max(1, int(round(len(arr) * test_fraction)))
     if len(arr) - n_test < 2:
         raise ValueError(f"data file {path} has too few rows ({len(arr)}) to split")
@@ -66,9 +75,21 @@ DATASETS: dict[str, Callable[..., Dataset]] = {
 }
 
 
-def build_dataset(name: str, **options) -> Dataset:
-    """``DATASETS[name](**options)`` with a clear error for an unknown name or option."""
+def check_data_options(name: str, options: dict) -> None:
+    """Refuse an unknown dataset ``name``, an option its builder does not take, or a missing required option
+    (``data.path`` for the user's files), with a ``ValueError`` naming the key."""
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(sorted(DATASETS))}")
     check_kwargs(DATASETS[name], options, f"data options for {name!r}")
+    params = inspect.signature(DATASETS[name]).parameters.values()
+    missing = [p.name for p in params if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+               and p.name not in options]
+    if missing:
+        example = "data.path=FILE" if missing == ["path"] else " ".join(f"data.{m}=..." for m in missing)
+        raise ValueError(f"dataset {name!r} needs {', '.join(f'data.{m}' for m in missing)}; set it, e.g. {example}")
+
+
+def build_dataset(name: str, **options) -> Dataset:
+    """``DATASETS[name](**options)`` with a clear error for an unknown name, an unknown option or a missing one."""
+    check_data_options(name, options)
     return DATASETS[name](**options)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .arrays import read_text
 from .base import Dataset, seed_for
 
 __all__ = ["binary_digits_dataset", "text_dataset", "text_file_dataset", "text_windows", "pydoc_corpus",
@@ -87,9 +88,9 @@ def text_dataset(seq_len: int = 64, stride: int = 16, test_fraction: float = 0.1
 
 def text_file_dataset(path: str, seq_len: int = 64, stride: int = 16, test_fraction: float = 0.1,
                       min_count: int = 1) -> Dataset:
-    """Character-level windows of the user's UTF-8 text file at ``path``."""
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
+    """Character-level windows of the user's UTF-8 text file at ``path`` (a missing, empty or non-UTF-8 file is
+    refused with a message naming it, and the byte offset of the first bad byte)."""
+    text = read_text(path, "text file")
     ds = text_windows(text, seq_len, stride, test_fraction, path, min_count)
     ds.meta["path"] = path
     return ds

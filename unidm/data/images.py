@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .arrays import check_data_file
 from .base import Dataset
 
 __all__ = ["digits_dataset", "image_folder_dataset", "image_array_dataset", "IMAGE_DATASETS", "IMAGE_EXTENSIONS",
@@ -176,8 +177,7 @@ def image_array_dataset(path: str, key: str | None = None, labels_key: str | Non
     (default the first), ``labels_key`` an optional array of integer labels. ``image_size`` resizes (shorter side,
     antialiased) and centre-crops. Nothing is unpickled.
     """
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"image array file not found: {path}")
+    check_data_file(path, "image array file")
     ext = os.path.splitext(path)[1].lower()
     if ext not in (".npy", ".npz"):
         raise ValueError(f"image array file {path}: unsupported extension {ext!r}; use .npy or .npz")
@@ -199,6 +199,8 @@ def image_array_dataset(path: str, key: str | None = None, labels_key: str | Non
         raise ValueError(f"cannot read image array file {path}: {e}") from e
     if arr.dtype == object or not np.issubdtype(arr.dtype, np.number):
         raise ValueError(f"image array file {path} does not hold numbers (dtype {arr.dtype})")
+    if arr.size == 0:
+        raise ValueError(f"image array file {path} holds an empty array (shape {arr.shape})")
     arr = _to_nchw(arr, path)
     if arr.shape[1] == 4:
         arr = arr[:, :3]
