@@ -31,8 +31,7 @@ import torch
 
 from unidm.config import RunConfig, TrainConfig
 from unidm.data import Dataset, build_dataset
-from unidm.evaluation.elbo import elbo
-from unidm.evaluation.likelihood import latent_outliers, log_likelihood
+from unidm.likelihood import elbo, latent_outliers, log_likelihood
 from unidm.methods.gaussian import GaussianDiffusion
 from unidm.nn import build_network
 from unidm.train import train

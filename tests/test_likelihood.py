@@ -5,19 +5,20 @@ import math
 import pytest
 import torch
 
-from unidm.evaluation.elbo import (
+from unidm.likelihood import (
     DiscreteSchedule,
-    discretized_gaussian_log_likelihood,
-    elbo,
-    prior_kl,
-    reverse_kl,
-)
-from unidm.evaluation.likelihood import (
+    Likelihood,
     LikelihoodResult,
+    bin_width,
     bits_per_dim,
     dequantize,
+    dequantized_log_prob,
+    discretized_gaussian_log_likelihood,
+    elbo,
     latent_outliers,
     log_likelihood,
+    prior_kl,
+    reverse_kl,
 )
 from unidm.oracles import GaussianMixtureOracle, GaussianOracle
 from unidm.processes import VPDiscrete
@@ -304,3 +305,72 @@ def test_runaway_latents_of_an_eps_network_at_low_snr_are_flagged():
     short = log_likelihood(model, x, sigma_max=3.0, **kw)
     assert not latent_outliers(short.latent_scale, 64).any()
     assert float((short.log_prob - true).abs().mean()) < 0.05 * 64  # within 0.05 nats/dim
+
+
+# ---- the one dequantization entry point -------------------------------------------------------------------------
+@pytest.mark.parametrize("levels", [2, 17, 256])
+def test_dequantized_uniform_is_the_uniform_law_on_the_grid(levels):
+    """A density constant on ``[-1 - Delta/2, 1 + Delta/2]^D`` (width ``K Delta``) is constant on every bin, so the
+    Jensen bound is tight: ``log P = -D log K`` exactly, ``log2 K`` bits/dim, whatever ``u``."""
+    d, width = 3, bin_width(levels)
+    x = -1 + width * torch.randint(levels, (50, d), generator=_gen(0)).to(F64)
+    uniform = lambda y: torch.full((y.shape[0],), -d * math.log(levels * width), dtype=F64)  # noqa: E731
+    log_prob, bpd = dequantized_log_prob(uniform, x, levels, generator=_gen(1))
+    torch.testing.assert_close(log_prob, torch.full((50,), -d * math.log(levels), dtype=F64), rtol=0, atol=1e-12)
+    torch.testing.assert_close(bpd, torch.full((50,), math.log2(levels), dtype=F64), rtol=0, atol=1e-12)
+
+
+def test_dequantized_gaussian_matches_jensen_closed_form_and_bounds_erf():
+    """For ``p = N(0, s^2)`` in 1-D, ``E_u log p(x + u) + log Delta = -log(2 pi s^2)/2 - (x^2 + Delta^2/12)/(2 s^2)
+    + log Delta`` (the estimator's mean, checked by Monte Carlo), which lies below the discrete ``log P(x) =
+    log(Phi((x + Delta/2)/s) - Phi((x - Delta/2)/s))`` (Jensen), by ``O(Delta^2)``."""
+    s, levels = 0.4, 17
+    width = bin_width(levels)
+    normal = torch.distributions.Normal(torch.tensor(0.0, dtype=F64), torch.tensor(s, dtype=F64))
+    for x0 in (-0.5, 0.0, 0.25):
+        n = 200_000
+        x = torch.full((n, 1), x0, dtype=F64)
+        log_prob, bpd = dequantized_log_prob(lambda y: normal.log_prob(y).sum(1), x, levels, generator=_gen(2))
+        mean = -0.5 * math.log(2 * math.pi * s**2) - (x0**2 + width**2 / 12) / (2 * s**2) + math.log(width)
+        assert abs(float(log_prob.mean()) - mean) < 5 * float(log_prob.std()) / n**0.5
+        torch.testing.assert_close(bpd, -log_prob / LN2)
+        exact = math.log(float(normal.cdf(torch.tensor(x0 + width / 2)) - normal.cdf(torch.tensor(x0 - width / 2))))
+        assert mean < exact < mean + width**2 / s**2  # the Jensen gap: positive and O(Delta^2)
+
+
+def test_dequantized_log_prob_without_levels_is_the_density():
+    x = torch.randn(7, 3, generator=_gen(3), dtype=F64)
+    oracle = _gaussian()
+    log_prob, bpd = dequantized_log_prob(lambda y: oracle.log_prob(y, 0.0), x, None)
+    torch.testing.assert_close(log_prob, oracle.log_prob(x, 0.0))
+    torch.testing.assert_close(bpd, bits_per_dim(log_prob, 3))
+
+
+def test_results_convert_to_the_typed_likelihood():
+    """``LikelihoodResult`` and ``ElboResult`` become one :class:`Likelihood` each: ``nll = -log p`` (or the bound
+    ``L``), the same bits/dim, and the kind of number it is."""
+    oracle = _gaussian()
+    x = oracle.sample(4, generator=_gen(4))
+    ode = log_likelihood(oracle, x, sigma_min=1e-3, sigma_max=50.0).to_likelihood()
+    assert isinstance(ode, Likelihood) and ode.kind == "ode" and ode.nfe > 0
+    torch.testing.assert_close(ode.bits_per_dim, ode.nll / (3 * LN2))
+    assert ode.extra["latent_scale"].shape == (4,) and ode.extra["sigma_max"] == 50.0
+    with pytest.raises(ValueError, match="kind"):
+        Likelihood(nll=ode.nll, bits_per_dim=ode.bits_per_dim, kind="approx")
+
+
+def test_old_import_paths_reexport_the_same_objects():
+    import importlib
+
+    import unidm.evaluation as ev
+    import unidm.likelihood as lik
+
+    # (``unidm.evaluation.elbo`` the attribute is the function, which shadows the module of that name)
+    old_elbo = importlib.import_module("unidm.evaluation.elbo")
+    old_lik = importlib.import_module("unidm.evaluation.likelihood")
+
+    for name in old_lik.__all__:
+        assert getattr(old_lik, name) is getattr(lik, name), name
+    for name in old_elbo.__all__:
+        assert getattr(old_elbo, name) is getattr(lik, name), name
+    assert ev.log_likelihood is lik.log_likelihood and ev.elbo is lik.elbo
