@@ -413,6 +413,14 @@ RESUMABLE_KEYS = frozenset({
 })
 
 
+class _Unset:
+    def __repr__(self) -> str:
+        return "(unset)"
+
+
+_UNSET = _Unset()
+
+
 def _flat(cfg: RunConfig) -> dict[str, Any]:
     out: dict[str, Any] = {}
 
@@ -440,10 +448,9 @@ def check_resume(stored: RunConfig, given: RunConfig, step: int) -> list[str]:
     both values; so is ``train.steps`` below ``step``, with ``step`` in the message.
     """
     a, b = _flat(stored), _flat(given)
-    unset = "(unset)"
     changed, refused = [], []
     for key in sorted(set(a) | set(b)):
-        old, new = a.get(key, unset), b.get(key, unset)
+        old, new = a.get(key, _UNSET), b.get(key, _UNSET)
         if old == new and type(old) is type(new) or (_is_number(old) and _is_number(new) and old == new):
             continue
         line = f"{key}: {old!r} -> {new!r}"
