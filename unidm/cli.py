@@ -4,7 +4,10 @@
     unidm sample DIR -n N --sampler NAME --steps K --seed S --out FILE.npz [--plot FILE.png]
     unidm sample DIR --class K [--guidance cfg|classifier --scale W [--classifier DIR]]
     unidm eval DIR [--json]
-    unidm likelihood DIR [--split test] [--exact|--hutchinson K]
+    unidm likelihood DIR [--split test] [--method M] [--exact|--hutchinson K] [--elbo]
+
+The command line reads only the faces of :mod:`unidm.methods` (what a family can do), never a family's name. A
+mistake of the user's is one line on stderr and exit code 2; nothing is written before every value is checked.
 """
 
 from __future__ import annotations
@@ -12,32 +15,76 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 
 import numpy as np
 import torch
 
-__all__ = ["main"]
+__all__ = ["main", "build_parser"]
+
+#: picture formats ``--plot`` writes
+PLOT_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
 
 
-def _load_config(source: str | None, overrides: list[str]):
-    from .config import RunConfig, apply_overrides
-    from .presets import DEFAULT_PRESET, get_preset
-
-    source = source or DEFAULT_PRESET
-    if source.endswith(".json") or os.path.isfile(source):
-        if not os.path.isfile(source):
-            raise FileNotFoundError(f"config file not found: {source}")
-        with open(source) as f:
-            cfg = RunConfig.from_dict(json.load(f))
-        if not cfg.name:
-            cfg.name = os.path.splitext(os.path.basename(source))[0]
-    else:
-        cfg = get_preset(source)
-    return apply_overrides(cfg, overrides)
+# ------------------------------------------------------------------------------------------------ argument types
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return value
 
 
+def seed_int(text: str) -> int:
+    """An argparse type: a whole number >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text!r}")
+    return value
+
+
+def device_name(text: str) -> str:
+    """An argparse type: ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or ``auto``, and one this machine has."""
+    if not re.fullmatch(r"cpu|auto|mps|cuda(:\d+)?", text):
+        raise argparse.ArgumentTypeError(f"unknown device {text!r}; valid: cpu, cuda, cuda:N, mps, auto")
+    if text.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise argparse.ArgumentTypeError(f"{text!r} asked for, but CUDA is not available here; use --device cpu")
+        if ":" in text and int(text.split(":")[1]) >= torch.cuda.device_count():
+            raise argparse.ArgumentTypeError(f"{text!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if text == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise argparse.ArgumentTypeError("'mps' asked for, but MPS is not available here; use --device cpu")
+    if text == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return text
+
+
+def _option_items(items: list[str] | None) -> dict:
+    """``--option key=value`` items as a dict (values parsed as in config overrides)."""
+    from .config import parse_value
+
+    opts = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ValueError(f"--option {item!r} is not key=value (e.g. --option s_churn=10)")
+        key, value = item.split("=", 1)
+        opts[key.strip()] = parse_value(value, f"--option {key.strip()}")
+    return opts
+
+
+def _is_rank0() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+# ----------------------------------------------------------------------------------------------------- presets
 def cmd_presets(args) -> int:
     from .presets import DEFAULT_PRESET, PRESETS
 
@@ -49,10 +96,45 @@ def cmd_presets(args) -> int:
     return 0
 
 
-def cmd_train(args) -> int:
-    from .evaluation.plots import plot_samples
-    from .run import build_data, build_model
-    from .train import train
+# ------------------------------------------------------------------------------------------------------- train
+def _read_config(path: str):
+    from .config import RunConfig
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config file not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return RunConfig.from_dict(json.load(f))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not a valid JSON config: {e}") from None
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{path}: {e}") from None
+
+
+def _load_config(source: str | None, overrides: list[str]):
+    from .config import apply_overrides
+    from .presets import DEFAULT_PRESET, get_preset
+
+    source = source or DEFAULT_PRESET
+    if source.endswith(".json") or os.path.isfile(source):
+        cfg = _read_config(source)
+        if not cfg.name:
+            cfg.name = os.path.splitext(os.path.basename(source))[0]
+    else:
+        cfg = get_preset(source)
+    return apply_overrides(cfg, overrides)
+
+
+def _reached_step(run_dir: str) -> int:
+    from .train.checkpoint import list_checkpoints
+
+    steps = [int(m.group(1)) for p in list_checkpoints(run_dir) if (m := re.search(r"(\d+)$", p.rstrip("/")))]
+    return max(steps, default=0)
+
+
+def _train_config(args):
+    """The resolved, validated config and the run folder of ``unidm train``; nothing is written here."""
+    from .config import apply_overrides, check_resume, resolve_data_paths, safe_run_name
 
     source, overrides = None, []
     for item in args.items:
@@ -62,29 +144,59 @@ def cmd_train(args) -> int:
             source = item
         else:
             raise ValueError(f"two presets or configs given ({source!r}, {item!r}); overrides are key=value")
-    if args.resume and args.out and os.path.isfile(os.path.join(args.out, "config.json")) and source is None:
-        source = os.path.join(args.out, "config.json")
+    if args.resume:
+        if not args.out:
+            raise ValueError("--resume needs --out DIR, the run folder to continue")
+        stored_path = os.path.join(args.out, "config.json")
+        if not os.path.isfile(stored_path):
+            raise FileNotFoundError(f"--resume: {args.out} is not a run folder (no config.json); nothing to resume")
+        stored = resolve_data_paths(_read_config(stored_path))
+        cfg = apply_overrides(stored, overrides) if source is None else _load_config(source, overrides)
+        if args.device:
+            cfg.train.device = args.device
+        cfg = resolve_data_paths(cfg)
+        for line in check_resume(stored, cfg, _reached_step(args.out)):
+            print(f"resume: {line}")
+        return cfg, args.out
     cfg = _load_config(source, overrides)
     if args.device:
         cfg.train.device = args.device
-    out = args.out or os.path.join("runs", cfg.name or "run")
+    return resolve_data_paths(cfg), args.out or os.path.join("runs", safe_run_name(cfg.name or "run"))
+
+
+def cmd_train(args) -> int:
+    from .config import validate_config
+    from .evaluation.plots import plot_samples
+    from .methods import FAMILIES, DenoisingModel, GenerativeModel
+    from .run import build_data, build_model, load_run
+    from .train import train
+
+    cfg, out = _train_config(args)
+    validate_config(cfg)
+    for key in FAMILIES[cfg.family].frozen_keys:  # a frozen run's folder is stored absolute, like data paths
+        if isinstance(cfg.method.get(key), str):
+            cfg.method[key] = os.path.abspath(cfg.method[key])
     data = build_data(cfg)
     model = build_model(cfg, data)
+    if isinstance(model, GenerativeModel):  # the sampling defaults are checked (and resolved) before training
+        plan = model.check_sampling(cfg.sample.sampler, cfg.sample.steps, cfg.sample.grid)
+        cfg.sample.sampler, cfg.sample.steps, cfg.sample.grid = plan.sampler, plan.steps, plan.grid
     n_params = sum(p.numel() for p in model.parameters())
-    if int(os.environ.get("RANK", "0")) == 0:
+    if _is_rank0():
         print(f"unidm train: {cfg.name or 'config'} -> {out}  ({n_params / 1e6:.3f} M parameters, "
               f"{len(data.train)} training examples, {cfg.train.steps} steps)")
     result = train(model, data, cfg.train, out, resume=args.resume, config_dict=cfg.to_dict())
-    if int(os.environ.get("RANK", "0")) != 0:
+    if not _is_rank0():
         return 0
     print(f"trained {result.step} steps in {result.wall_time:.1f} s ({result.steps_per_sec:.1f} steps/s), "
           f"final loss {result.loss:.4f}")
     from .commands import guidance
-    from .run import load_run
 
     run = load_run(out, device=model.device)
-    if cfg.family == "classifier":
-        print(guidance.classifier_summary(run))
+    line = run.model.report(run.data)
+    if line:
+        print(line)
+    if not isinstance(run.model, GenerativeModel):
         return 0
     s = cfg.sample
     t0 = time.perf_counter()
@@ -95,7 +207,7 @@ def cmd_train(args) -> int:
     path = plot_samples(samples.cpu(), data, os.path.join(out, "samples.png"),
                         title=f"{cfg.name}: {s.sampler}, {s.steps} steps")
     print(f"samples: {path} ({time.perf_counter() - t0:.1f} s)")
-    if data.kind == "image" and cfg.family == "gaussian":
+    if data.kind == "image" and isinstance(run.model, DenoisingModel):
         from .evaluation.image_plots import plot_trajectory
 
         strip = plot_trajectory(run.model, data, os.path.join(out, "trajectory.png"), sampler=s.sampler,
@@ -104,78 +216,101 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _sampler_options(items: list[str]) -> dict:
-    from .config import parse_value
+# ------------------------------------------------------------------------------------------------------ sample
+def _generative_run(path: str, device: str):
+    from .methods import GenerativeModel
+    from .run import load_run
 
-    opts = {}
-    for item in items or []:
-        if "=" not in item:
-            raise ValueError(f"--option {item!r} is not key=value")
-        k, v = item.split("=", 1)
-        opts[k] = parse_value(v)
-    return opts
+    run = load_run(path, device=device)
+    if not isinstance(run.model, GenerativeModel):
+        raise ValueError(f"{path} is a {run.config.family!r} run, which does not draw samples")
+    return run
+
+
+def _save_npz(path: str, **arrays) -> None:
+    """``np.savez`` to ``path`` through a temporary name in the same folder: an interrupted write leaves no file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.unidm-tmp-{os.getpid()}.npz")
+    try:
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def cmd_sample(args) -> int:
-    from .evaluation.plots import plot_samples
-    from .run import load_run
-
     from .commands import guidance
+    from .evaluation.plots import plot_samples
 
-    run = load_run(args.run, device=args.device or "cpu")
-    extra = guidance.generate_options(run, args)
+    out = args.out or os.path.join(args.run, "samples.npz")
+    if not out.endswith(".npz"):
+        raise ValueError(f"--out {out}: samples are written as a .npz file; give a path ending in .npz")
+    if args.plot and not args.plot.lower().endswith(PLOT_SUFFIXES):
+        raise ValueError(f"--plot {args.plot}: the picture's format comes from its suffix; use one of "
+                         f"{', '.join(PLOT_SUFFIXES)}")
+    run = _generative_run(args.run, args.device)
     s = run.config.sample
-    sampler = args.sampler or s.sampler
-    steps = args.steps or s.steps
-    grid = args.grid or s.grid
+    plan = run.model.check_sampling(args.sampler or s.sampler, args.steps or s.steps, args.grid or s.grid,
+                                    _option_items(args.option))
+    extra = guidance.generate_options(run, args)
     seeds = range(args.seed, args.seed + args.n)
     t0 = time.perf_counter()
     chunks = []
     for start in range(0, args.n, args.batch_size):
         chunk = seeds[start:start + args.batch_size]
-        chunks.append(run.model.generate(len(chunk), seeds=chunk, sampler=sampler, steps=steps, grid=grid,
-                                         **extra, **guidance.prior_labels(run.model, run.data, chunk, args),
-                                         **_sampler_options(args.option)).cpu())
+        chunks.append(run.model.generate(len(chunk), seeds=chunk, sampler=plan.sampler, steps=plan.steps,
+                                         grid=plan.grid, **extra, **guidance.prior_labels(run.model, run.data, chunk,
+                                                                                          args),
+                                         **plan.options).cpu())
     x = torch.cat(chunks)
     dt = time.perf_counter() - t0
-    out = args.out or os.path.join(args.run, "samples.npz")
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    np.savez(out, samples=x.numpy(), seeds=np.asarray(list(seeds)))
-    print(f"{args.n} samples ({sampler}, {steps} steps, {grid} grid) in {dt:.2f} s -> {out}")
+    _save_npz(out, samples=x.numpy(), seeds=np.asarray(list(seeds)))
+    print(f"{args.n} samples ({plan.sampler}, {plan.steps} steps, {plan.grid} grid) in {dt:.2f} s -> {out}")
     if args.plot:
-        print(f"plot: {plot_samples(x, run.data, args.plot, title=f'{sampler}, {steps} steps')}")
+        print(f"plot: {plot_samples(x, run.data, args.plot, title=f'{plan.sampler}, {plan.steps} steps')}")
     return 0
 
 
+# -------------------------------------------------------------------------------------------------------- eval
 def cmd_eval(args) -> int:
     from .commands import guidance
     from .evaluation.sample_quality import evaluate_samples
-    from .run import load_run
 
-    run = load_run(args.run, device=args.device or "cpu")
+    run = _generative_run(args.run, args.device)
     s = run.config.sample
+    plan = run.model.check_sampling(args.sampler or s.sampler, args.steps or s.steps, s.grid)
     # images: as many samples as training images, so the Fréchet floor is the whole training split's (no draw)
     default_n = max(len(run.data.test), len(run.data.train)) if run.data.kind == "image" else len(run.data.test)
     n = args.n or min(default_n, 10_000)
-    sampler, steps = args.sampler or s.sampler, args.steps or s.steps
+    if run.data.kind != "image" and n > len(run.data.test):
+        print(f"note: -n {n}: the held-out split has {len(run.data.test)} examples, so {len(run.data.test)} samples "
+              "are compared with them", file=sys.stderr)
+        n = len(run.data.test)
     t0 = time.perf_counter()
     samples = torch.cat([
-        run.model.generate(len(c), seeds=c, sampler=sampler, steps=steps, grid=s.grid,
+        run.model.generate(len(c), seeds=c, sampler=plan.sampler, steps=plan.steps, grid=plan.grid,
                            **guidance.prior_labels(run.model, run.data, c, args)).cpu()
         for c in (range(a, min(a + 5000, n)) for a in range(0, n, 5000))
     ])
     stratified = bool(guidance.prior_labels(run.model, run.data, range(1), args))
     labels = ("null label" if args.null_label else "stratified labels in the training class frequencies") \
-        if getattr(run.model, "num_classes", 0) else None
+        if run.model.num_classes else None
     options = {"stratified": stratified} if run.data.kind == "image" else {}
-    report = {"run": args.run, "step": run.step, "sampler": sampler, "steps": steps, "labels": labels,
+    report = {"run": args.run, "step": run.step, "sampler": plan.sampler, "steps": plan.steps, "labels": labels,
               "sample_seconds": time.perf_counter() - t0, **evaluate_samples(samples, run.data, **options)}
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
+    _print_eval(report)
+    return 0
+
+
+def _print_eval(report: dict) -> None:
     counts = (f"{report['n_frechet']} samples ({report['n']} of them for precision, recall, memorization, c2st)"
               if "n_frechet" in report else f"{report['n']} samples")
-    print(f"{args.run} (step {run.step}), {counts}, {sampler} {steps} steps")
+    print(f"{report['run']} (step {report['step']}), {counts}, {report['sampler']} {report['steps']} steps")
     print(f"{'metric':14s} {'value':>12s} {'floor':>12s} {'ratio':>8s}")
     for name, m in report["metrics"].items():
         print(f"{name:14s} {m['value']:12.5f} {m['floor']:12.5f} {m['ratio']:8.2f}")
@@ -194,84 +329,108 @@ def cmd_eval(args) -> int:
         if key not in ("run", "step", "sampler", "steps", "sample_seconds", "n", "n_frechet", "metrics",
                        "cross_entropy") and value is not None:
             print(f"{key}: {value}")
-    return 0
+
+
+# ------------------------------------------------------------------------------------------------------ parser
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (exit code 2) that points at ``--help``."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     from .commands import guidance, likelihood
-    from .samplers import ALIASES, METHODS
 
-    p = argparse.ArgumentParser(prog="unidm", description="Diffusion and flow models on one denoiser contract.")
-    sub = p.add_subparsers(dest="command", required=True)
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    p = _Parser(prog="unidm", description="Diffusion and flow models on one denoiser contract.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    sp = sub.add_parser("presets", help="list the named run configs")
+    sp = sub.add_parser("presets", help="list the named run configs", formatter_class=fmt)
     sp.set_defaults(fn=cmd_presets)
 
-    sp = sub.add_parser("train", help="train a preset or a config file")
+    sp = sub.add_parser("train", help="train a preset or a config file", formatter_class=fmt)
     sp.add_argument("items", nargs="*", metavar="PRESET_OR_CONFIG [key=value ...]",
                     help="a preset name or config.json (default: the default preset), then overrides "
                          "section.key=value, e.g. train.steps=2000 method.process=ve")
-    sp.add_argument("--out", help="run folder (default runs/<preset>)")
+    sp.add_argument("--out", help="run folder (default: runs/<name of the preset or config>); must be new or empty, "
+                                  "or an existing run with --resume")
     sp.add_argument("--resume", action="store_true",
-                    help="continue the run in --out from its newest whole checkpoint (also under torchrun)")
-    sp.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when present)")
+                    help="continue the run in --out from its newest whole checkpoint (also under torchrun); "
+                         "train.steps may grow, the run's other settings must stay")
+    sp.add_argument("--device", type=device_name, help="cpu, cuda, cuda:N, mps or auto (default: the config's "
+                                                       "train.device, auto = CUDA when present)")
     sp.set_defaults(fn=cmd_train)
 
-    names = sorted(set(METHODS) | set(ALIASES))
-    sp = sub.add_parser("sample", help="draw samples from a trained run")
+    sp = sub.add_parser("sample", help="draw samples from a trained run", formatter_class=fmt)
     sp.add_argument("run", help="run folder")
-    sp.add_argument("-n", type=int, default=1000)
-    sp.add_argument("--sampler", metavar="NAME",
-                    help=f"Gaussian models: {', '.join(names)}; masked: ancestral, greedy; blur: ancestral, cold")
-    sp.add_argument("--steps", type=int, help="grid steps (NFE depends on the sampler)")
-    sp.add_argument("--grid", help="noise-level grid (karras, uniform-t, ...)")
-    sp.add_argument("--seed", type=int, default=0, help="sample i uses seed SEED + i, whatever the batch")
-    sp.add_argument("--batch-size", type=int, default=5000)
-    sp.add_argument("--option", action="append", help="sampler option key=value (repeatable)")
-    sp.add_argument("--out", help="output .npz (default DIR/samples.npz)")
-    sp.add_argument("--plot", help="also write a picture here")
-    sp.add_argument("--device")
+    sp.add_argument("-n", type=positive_int, default=1000, help="number of samples")
+    sp.add_argument("--sampler", metavar="NAME", help="a sampler of the run's family (default: the run's "
+                                                      "sample.sampler; a wrong name lists the valid ones)")
+    sp.add_argument("--steps", type=positive_int, help="sampling steps (default: the run's sample.steps; NFE "
+                                                       "depends on the sampler)")
+    sp.add_argument("--grid", help="noise-level grid of the run's family (default: the run's sample.grid)")
+    sp.add_argument("--seed", type=seed_int, default=0, help="sample i uses seed SEED + i, whatever the batch")
+    sp.add_argument("--batch-size", type=positive_int, default=5000, help="samples drawn at once")
+    sp.add_argument("--option", action="append", metavar="KEY=VALUE",
+                    help="a sampler option, checked against the sampler's signature (repeatable), e.g. s_churn=10")
+    sp.add_argument("--out", help="output .npz with arrays samples and seeds (default: RUN/samples.npz)")
+    sp.add_argument("--plot", help="also write a picture here (.png, .pdf, .svg, .jpg)")
+    sp.add_argument("--device", type=device_name, default="cpu", help="cpu, cuda, cuda:N, mps or auto")
     guidance.add_sample_arguments(sp)
     sp.set_defaults(fn=cmd_sample)
 
-    sp = sub.add_parser("eval", help="sample quality against held-out data, with noise floors")
-    sp.add_argument("run")
-    sp.add_argument("--json", action="store_true")
-    sp.add_argument("-n", type=int,
+    sp = sub.add_parser("eval", help="sample quality against held-out data, with noise floors", formatter_class=fmt)
+    sp.add_argument("run", help="run folder")
+    sp.add_argument("--json", action="store_true", help="print the report as JSON")
+    sp.add_argument("-n", type=positive_int,
                     help="number of samples (default: held-out size, or training size for images; at most 10000)")
-    sp.add_argument("--sampler")
-    sp.add_argument("--steps", type=int)
+    sp.add_argument("--sampler", help="a sampler of the run's family (default: the run's sample.sampler)")
+    sp.add_argument("--steps", type=positive_int, help="sampling steps (default: the run's sample.steps)")
     sp.add_argument("--null-label", action="store_true",
                     help="a conditional run: evaluate its unconditional model (null label) instead of labels with "
                          "the training class frequencies")
-    sp.add_argument("--device")
+    sp.add_argument("--device", type=device_name, default="cpu", help="cpu, cuda, cuda:N, mps or auto")
     sp.set_defaults(fn=cmd_eval)
 
-    sp = sub.add_parser("likelihood", help="held-out log-likelihood: bits/dim through the probability-flow ODE")
-    likelihood.add_arguments(sp)
+    sp = sub.add_parser("likelihood", help="held-out log-likelihood in nats and bits/dim", formatter_class=fmt)
+    likelihood.add_arguments(sp, positive_int, device_name)
     sp.set_defaults(fn=likelihood.run)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .train import CheckpointError, TrainingDiverged
+
+    interrupted = _interrupted_error()
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:
         if args.command != "train" or any(e.startswith("-") for e in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.items = list(args.items) + extra
+    prog = f"unidm {args.command}"
     try:
         return args.fn(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
-        print(f"unidm {args.command}: error: {e}", file=sys.stderr)
+    except (ValueError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError,
+            PermissionError) as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
-    except RuntimeError as e:
-        from .train import CheckpointError, TrainingDiverged
+    except (TrainingDiverged, CheckpointError) as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 3
+    except interrupted as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; nothing was written", file=sys.stderr)
+        return 130
 
-        if isinstance(e, (TrainingDiverged, CheckpointError)):
-            print(f"unidm {args.command}: error: {e}", file=sys.stderr)
-            return 3
-        raise
+
+def _interrupted_error() -> type[BaseException]:
+    from . import train
+
+    return getattr(train, "TrainingInterrupted", KeyboardInterrupt)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import torch
 
 from .config import RunConfig
 from .data import Dataset, build_dataset, seed_for
-from .methods import FAMILIES, GenerativeModel
+from .methods import FAMILIES, TrainableModel
 from .train.checkpoint import CheckpointError, latest_checkpoint, load_safetensors
 from .utils import check_choice
 
@@ -24,13 +24,25 @@ def build_data(cfg: RunConfig) -> Dataset:
     return build_dataset(opts.pop("name"), **opts)
 
 
-def build_model(cfg: RunConfig, data: Dataset) -> GenerativeModel:
+def build_model(cfg: RunConfig, data: Dataset) -> TrainableModel:
     """The family's model for ``data``; initial weights are drawn from ``(train.seed, "init")``, so the same config
-    gives the same model in any process (every rank of a multi-process run starts identical)."""
+    gives the same model in any process (every rank of a multi-process run starts identical).
+
+    The method keys a family lists in ``frozen_keys`` hold run folders: each is loaded (its EMA weights) and handed
+    to ``from_config`` as a frozen sub-model (:meth:`unidm.methods.TrainableModel.add_frozen`).
+    """
     check_choice(cfg.family, FAMILIES, "family")
+    family = FAMILIES[cfg.family]
+    method = dict(cfg.method)
+    frozen = {}
+    for key in family.frozen_keys:
+        path = method.pop(key, None)
+        if not isinstance(path, str) or not path:
+            raise ValueError(f"family {cfg.family!r} needs method.{key}=RUN_DIR, the folder of a trained run")
+        frozen[key] = load_run(path).model
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed_for(cfg.train.seed, "init"))
-        return FAMILIES[cfg.family].from_config(cfg.model, cfg.method, data)
+        return family.from_config(cfg.model, method, data, frozen=frozen)
 
 
 @dataclass
@@ -39,7 +51,7 @@ class Run:
 
     path: str
     config: RunConfig
-    model: GenerativeModel
+    model: TrainableModel
     data: Dataset
     step: int
 

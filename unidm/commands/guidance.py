@@ -10,8 +10,6 @@ The lead wires this into ``unidm/cli.py`` as::
     guidance.add_sample_arguments(sp)
     # cmd_sample, once the run is loaded, then **extra into every run.model.generate(...) call:
     extra = guidance.generate_options(run, args)
-    # cmd_train, in place of the sample picture for a classifier run:
-    if cfg.family == "classifier": print(guidance.classifier_summary(run)); return 0
 """
 
 from __future__ import annotations
@@ -24,9 +22,10 @@ import torch
 
 from ..denoiser import DenoiserFn
 from ..guidance import AutoGuidance, ClassifierFreeGuidance, ClassifierGuidance
+from ..methods import DenoisingModel
 
 __all__ = ["GUIDANCE", "guided_denoiser_for", "load_classifier", "load_guide", "add_sample_arguments",
-           "prior_labels", "generate_options", "classifier_summary"]
+           "prior_labels", "generate_options"]
 
 #: the values of ``--guidance``
 GUIDANCE = ("cfg", "classifier", "auto")
@@ -61,9 +60,9 @@ def load_guide(run, path: str) -> DenoiserFn:
     else:
         raise ValueError(f"--guide {path} is neither a run folder (config.json) nor a checkpoint folder (state.json, "
                          "e.g. RUN/state/step_00001000)")
-    if getattr(guide, "denoiser", None) is None:
-        raise ValueError(f"--guide {path} is not a Gaussian diffusion/flow model")
-    if tuple(getattr(guide, "data_shape", ())) != tuple(getattr(run.model, "data_shape", ())):
+    if not isinstance(guide, DenoisingModel):
+        raise ValueError(f"--guide {path} is a {type(guide).family!r} model, not a denoising (diffusion/flow) model")
+    if guide.data_shape != run.model.data_shape:
         raise ValueError(f"--guide {path} models data of shape {tuple(guide.data_shape)}, the run "
                          f"{tuple(run.model.data_shape)}")
     guide.eval()
@@ -87,12 +86,10 @@ def guided_denoiser_for(run, guidance: str, scale: float, classifier_dir: str | 
     class_labels=K)``.
     """
     model = run.model
-    base = getattr(model, "denoiser", None)
-    if base is None:
-        raise ValueError(f"guidance needs a Gaussian diffusion/flow run; {run.path} is family "
+    if not isinstance(model, DenoisingModel):
+        raise ValueError(f"guidance needs a denoising (diffusion/flow) run; {run.path} is family "
                          f"{run.config.family!r}")
-    num_classes = int(getattr(model, "num_classes", 0))
-    label_dropout = float(getattr(model, "label_dropout", 0.0))
+    base, num_classes, label_dropout = model.denoiser, model.num_classes, model.label_dropout
     if guidance == "auto":
         if guide_dir is None:
             raise ValueError("--guidance auto needs --guide DIR (a weaker run, or a checkpoint folder "
@@ -116,10 +113,9 @@ def guided_denoiser_for(run, guidance: str, scale: float, classifier_dir: str | 
             raise ValueError("--rescale applies to classifier-free guidance only")
         clf_run = load_classifier(classifier_dir, device=model.device)
         clf = clf_run.model
-        shape = tuple(getattr(model, "data_shape", ()))
-        if shape and tuple(clf.data_shape) != shape:
-            raise ValueError(f"classifier {classifier_dir} was trained on data of shape {tuple(clf.data_shape)}, "
-                             f"the model on {shape}")
+        if clf.data_shape != model.data_shape:
+            raise ValueError(f"classifier {classifier_dir} was trained on data of shape {clf.data_shape}, "
+                             f"the model on {model.data_shape}")
         if num_classes and clf.num_classes != num_classes:
             raise ValueError(f"classifier has {clf.num_classes} classes, the model {num_classes}")
         if clf_run.config.data.get("name") != run.config.data.get("name"):
@@ -158,7 +154,7 @@ def prior_labels(model, data, seeds, args: argparse.Namespace | None = None) -> 
     per seed, with ``data``'s training class frequencies, stratified (:meth:`unidm.data.Dataset.draw_labels`), so the
     samples follow ``p(x) = sum_y p(y) p(x | y)``, the data distribution; ``{}`` for an unconditional model, with
     ``--class K`` (see :func:`generate_options`), with ``--null-label``, or with ``--guidance cfg/classifier``."""
-    if int(getattr(model, "num_classes", 0)) == 0 or data.train_labels is None:
+    if model.num_classes == 0 or data.train_labels is None:
         return {}
     if args is not None and (getattr(args, "class_label", None) is not None or getattr(args, "null_label", False)
                              or getattr(args, "guidance", None) in ("cfg", "classifier")):
@@ -184,7 +180,7 @@ def generate_options(run, args: argparse.Namespace) -> dict:
         if getattr(args, "classifier", None):
             raise ValueError("--classifier is used with --class K --guidance classifier")
         return {}
-    num_classes = int(getattr(run.model, "num_classes", 0))
+    num_classes = run.model.num_classes
     if guidance is None:
         if num_classes == 0:
             raise ValueError(f"--class: {run.path} is unconditional; use --guidance classifier --classifier DIR")
@@ -193,19 +189,8 @@ def generate_options(run, args: argparse.Namespace) -> dict:
         return {"class_labels": k}
     opts = {"class_labels": k, "denoiser": guided_denoiser_for(run, guidance, args.scale, args.classifier,
                                                                args.sigma_lo, args.sigma_hi, args.rescale)}
-    limit = num_classes or getattr(getattr(opts["denoiser"], "classifier", None), "num_classes", 0)
+    guided = opts["denoiser"]
+    limit = num_classes or (guided.classifier.num_classes if isinstance(guided, ClassifierGuidance) else 0)
     if limit and not 0 <= k < limit:
         raise ValueError(f"--class {k} is out of range: classes are 0..{limit - 1}")
     return opts
-
-
-@torch.no_grad()
-def classifier_summary(run, sigmas=(0.0, 0.1, 0.3, 1.0, 3.0), n: int = 2000, seed: int = 0) -> str:
-    """Held-out accuracy of a trained classifier run at a few noise levels, one line (for ``unidm train``)."""
-    data, clf = run.data, run.model
-    if data.test_labels is None:
-        return "classifier: no held-out labels to report accuracy on"
-    x, y = data.test[:n].to(clf.device), data.test_labels[:n]
-    g = torch.Generator().manual_seed(seed)
-    accs = [f"sigma={s:g}: {clf.accuracy(x, y, s, generator=g):.3f}" for s in sigmas]
-    return f"classifier held-out accuracy ({len(x)} examples): " + ", ".join(accs)

@@ -1,13 +1,19 @@
-"""Trainable families behind one face (:class:`GenerativeModel`): ``FAMILIES[name]``."""
+"""Trainable families behind declared faces (:mod:`unidm.methods.base`): ``FAMILIES[name]``.
 
-from .base import GenerativeModel
+A new family is a class deriving from the faces it offers, added to :data:`FAMILIES`; the trainer, the run
+loader and the command line read only the faces, never a family's name.
+"""
+
+from .base import (DenoisingModel, DensityModel, GenerativeModel, SamplingPlan, SupportsLikelihood,
+                   TrainableModel)
 from .blur import BLUR_FAMILIES
 from .classifier import CLASSIFIER_FAMILIES
 from .gaussian import GaussianDiffusion
 from .masked import MASKED_FAMILIES
 
-FAMILIES: dict[str, type[GenerativeModel]] = {
+FAMILIES: dict[str, type[TrainableModel]] = {
     "gaussian": GaussianDiffusion, **MASKED_FAMILIES, **BLUR_FAMILIES, **CLASSIFIER_FAMILIES,
 }
 
-__all__ = ["GenerativeModel", "GaussianDiffusion", "FAMILIES"]
+__all__ = ["TrainableModel", "GenerativeModel", "SupportsLikelihood", "DenoisingModel", "DensityModel",
+           "SamplingPlan", "GaussianDiffusion", "FAMILIES"]

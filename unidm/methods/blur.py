@@ -25,18 +25,28 @@ import torch
 from torch import Tensor, nn
 
 from ..processes.blur import HeatBlur, dct2, idct2
-from ..utils import check_choice, check_kwargs
-from .base import GenerativeModel
+from ..rng import Generators, randn
+from ..utils import check_kwargs
+from .base import GenerativeModel, TrainableModel
 
 __all__ = ["BlurDiffusion", "BLUR_FAMILIES", "BLUR_SAMPLERS"]
 
-BLUR_SAMPLERS = ("ancestral", "cold")
+
+def step_ancestral(model: "BlurDiffusion", x: Tensor, x0: Tensor, t: Tensor, s: Tensor, generator: Generators, *,
+                   delta: float | None = None) -> Tensor:
+    """IHDM's reverse step (Rissanen et al. 2023, Algorithm 2): ``x_s = F(s) D(x_t, t) + delta eps``; ``delta``
+    defaults to the model's."""
+    delta = model.delta if delta is None else delta
+    return model.blur(x0, s) + delta * randn(x.shape, generator, device=x.device)
 
 
-def _randn(shape: tuple[int, ...], generator, device) -> Tensor:
-    if isinstance(generator, (list, tuple)):
-        return torch.stack([torch.randn(shape[1:], generator=g) for g in generator]).to(device)
-    return torch.randn(shape, generator=generator).to(device)
+def step_cold(model: "BlurDiffusion", x: Tensor, x0: Tensor, t: Tensor, s: Tensor, generator: Generators) -> Tensor:
+    """Cold Diffusion's improved step (Bansal et al. 2022, Algorithm 2): ``x_s = x_t - F(t) D + F(s) D``."""
+    return x - model.blur(x0, t) + model.blur(x0, s)
+
+
+#: the blur family's samplers: one reverse step each
+BLUR_SAMPLERS = {"ancestral": step_ancestral, "cold": step_cold}
 
 
 class BlurDiffusion(GenerativeModel):
@@ -51,13 +61,17 @@ class BlurDiffusion(GenerativeModel):
     """
 
     family = "blur"
+    samplers = BLUR_SAMPLERS
+    grids = ("uniform-t",)
+    default_sampling = {"sampler": "ancestral", "steps": 64, "grid": "uniform-t"}
+    sampler_seed_offset = 104_729
+    sampler_internal = ("model", "x", "x0", "t", "s", "generator")
 
     def __init__(self, net: nn.Module, image_shape: Sequence[int], sigma_blur_min: float = 0.3,
                  sigma_blur_max: float = 8.0, laplacian: str = "continuous", sigma: float = 0.02,
                  delta: float = 0.025, prior_coefficients: int = 16):
-        super().__init__()
+        super().__init__(image_shape)
         self.net = net
-        self.data_shape = tuple(image_shape)
         self.blur = HeatBlur(self.data_shape[-2:], sigma_blur_min, sigma_blur_max, laplacian)
         self.sigma, self.delta = sigma, delta
         c, h, w = self.data_shape
@@ -82,11 +96,11 @@ class BlurDiffusion(GenerativeModel):
     def sample_prior(self, n: int, generator=None) -> Tensor:
         """``x_1 [n, C, H, W]``: a draw from the fitted prior plus the noise ``sigma``."""
         d = self.prior_mean.numel()
-        eps = _randn((n, d + len(self.prior_index)), generator, self.prior_mean.device).to(self.prior_mean.dtype)
+        eps = randn((n, d + len(self.prior_index)), generator, device=self.prior_mean.device).to(self.prior_mean.dtype)
         z = self.prior_mean + self.prior_std * eps[:, :d]
         z[:, self.prior_index] = self.prior_mean[self.prior_index] + eps[:, d:] @ self.prior_chol.T
         x = idct2(z.reshape(n, *self.data_shape))
-        noise = _randn((n, *self.data_shape), generator, x.device)
+        noise = randn((n, *self.data_shape), generator, device=x.device)
         return x + self.sigma * noise
 
     def denoise(self, x_t: Tensor, t: Tensor) -> Tensor:
@@ -105,40 +119,25 @@ class BlurDiffusion(GenerativeModel):
 
     @torch.no_grad()
     def generate(self, n: int, *, seeds: Sequence[int] | None = None, generator: torch.Generator | None = None,
-                 sampler: str = "ancestral", steps: int = 64, grid: str = "uniform-t", delta: float | None = None,
+                 sampler: str | None = None, steps: int | None = None, grid: str | None = None,
                  **options) -> Tensor:
-        """``n`` images by walking the blur back over ``steps`` equal steps of ``t`` (``sampler``: ``ancestral`` or
-        ``cold``); ``delta`` overrides the sampling noise. ``grid`` must be ``uniform-t`` (``karras`` is taken as it,
-        for the CLI's default)."""
-        check_choice(sampler, BLUR_SAMPLERS, "sampler for blur diffusion")
-        if grid not in ("uniform-t", "karras"):
-            raise ValueError(f"unknown grid {grid!r} for blur diffusion; valid: uniform-t")
-        if options:
-            raise ValueError(f"unknown option(s) for blur sampling: {', '.join(options)}; valid: delta")
-        if steps < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
-        delta = self.delta if delta is None else delta
-        gens = [torch.Generator().manual_seed(int(s) + 104_729) for s in seeds] if seeds is not None else generator
-        was = self.training
-        self.eval()
-        try:
+        """``n`` images by walking the blur back over ``steps`` equal steps of ``t`` with one of
+        :data:`BLUR_SAMPLERS` (``ancestral`` takes ``delta``, the sampling noise)."""
+        plan = self.check_sampling(sampler, steps, grid, options)
+        step = BLUR_SAMPLERS[plan.sampler]
+        gens = self.sample_generators(seeds, generator)
+        with self.evaluating():
             x = self.sample_prior(n, gens).float()
-            ts = torch.linspace(1.0, 0.0, steps + 1)
-            for k in range(steps):
+            ts = torch.linspace(1.0, 0.0, plan.steps + 1)
+            for k in range(plan.steps):
                 t, s = ts[k], ts[k + 1]
                 x0 = self.denoise(x, t)
-                if k == steps - 1:
-                    x = x0
-                elif sampler == "ancestral":
-                    x = self.blur(x0, s) + delta * _randn(x.shape, gens, x.device)
-                else:
-                    x = x - self.blur(x0, t) + self.blur(x0, s)
-        finally:
-            self.train(was)
+                x = x0 if k == plan.steps - 1 else step(self, x, x0, t, s, gens, **plan.options)
         return x
 
     @classmethod
-    def from_config(cls, model_cfg: dict, method_cfg: dict, data) -> "BlurDiffusion":
+    def from_config(cls, model_cfg: dict, method_cfg: dict, data,
+                    frozen: dict[str, TrainableModel] | None = None) -> "BlurDiffusion":
         """Build for an image dataset (``kind="image"``, ``[N, C, H, W]``); the prior is fitted on its training
         split."""
         from ..nn import build_network

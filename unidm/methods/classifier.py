@@ -19,7 +19,7 @@ from ..nn.embedding import EMBEDDINGS
 from ..parameterization import c_in, c_noise
 from ..processes import NOISE_LEVELS, PROCESSES
 from ..utils import as_options, check_choice, check_kwargs
-from .base import GenerativeModel
+from .base import TrainableModel
 
 __all__ = ["NoisyClassifier", "ClassifierMLP", "ClassifierConvNet", "CLASSIFIER_NETWORKS", "CLASSIFIER_FAMILIES"]
 
@@ -106,7 +106,7 @@ class ClassifierConvNet(nn.Module):
 CLASSIFIER_NETWORKS: dict[str, type[nn.Module]] = {"mlp": ClassifierMLP, "conv": ClassifierConvNet}
 
 
-class NoisyClassifier(GenerativeModel):
+class NoisyClassifier(TrainableModel):
     """``p_phi(y | x, sigma)`` with ``x = x0 + sigma eps`` in sigma-space; ``forward(x, sigma) -> logits [B, K]``.
 
     Trained by :meth:`loss`: the cross-entropy ``-log p_phi(y | x0 + sigma eps, sigma)`` with ``sigma`` drawn from
@@ -145,8 +145,8 @@ class NoisyClassifier(GenerativeModel):
 
     def __init__(self, net: nn.Module, num_classes: int, process: str = "edm", noise_levels: str = "lognormal",
                  sigma_data: float = 0.5, process_options: dict | None = None, noise_options: dict | None = None,
-                 clean_fraction: float = 0.0, precondition: bool = True):
-        super().__init__()
+                 clean_fraction: float = 0.0, precondition: bool = True, data_shape: Sequence[int] = (2,)):
+        super().__init__(data_shape, num_classes)
         check_choice(process, PROCESSES, "process")
         check_choice(noise_levels, NOISE_LEVELS, "noise_levels")
         process_options = as_options(process_options, "method.process_options")
@@ -155,15 +155,12 @@ class NoisyClassifier(GenerativeModel):
         check_kwargs(NOISE_LEVELS[noise_levels], noise_options, f"noise_options for {noise_levels!r}")
         if num_classes < 2:
             raise ValueError(f"a classifier needs num_classes >= 2, got {num_classes}")
-        self.net, self.num_classes, self.sigma_data = net, num_classes, float(sigma_data)
+        self.net, self.sigma_data = net, float(sigma_data)
         self.process = PROCESSES[process](**process_options)
         self.noise_levels = NOISE_LEVELS[noise_levels](**noise_options)
         self.clean_fraction = float(clean_fraction)
         self.precondition = bool(precondition)
         self.log_prior = nn.Parameter(torch.zeros(num_classes)) if precondition else None
-
-    #: set by the builder: the per-example data shape
-    data_shape: tuple[int, ...] = (2,)
 
     def forward(self, x: Tensor, sigma: Tensor | float) -> Tensor:
         """Logits of ``p(y | x, sigma)`` [B, K] for sigma-space ``x`` [B, ...] at noise levels ``sigma`` [B]."""
@@ -200,14 +197,20 @@ class NoisyClassifier(GenerativeModel):
         x = x0 + sigma * torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
         return float((self(x, torch.full((x0.shape[0],), sigma)).argmax(-1) == y.to(x0.device)).float().mean())
 
-    def generate(self, n: int, *, seeds: Sequence[int] | None = None, generator: torch.Generator | None = None,
-                 **options) -> Tensor:
-        raise ValueError("a noise-conditional classifier does not generate samples; use it to guide a diffusion "
-                         "model: unidm sample MODEL_DIR --class K --guidance classifier --scale W "
-                         "--classifier THIS_DIR")
+    @torch.no_grad()
+    def report(self, data, sigmas: Sequence[float] = (0.0, 0.1, 0.3, 1.0, 3.0), n: int = 2000, seed: int = 0) -> str:
+        """Held-out accuracy at a few noise levels, one line (printed by ``unidm train``)."""
+        if data.test_labels is None:
+            return "classifier: no held-out labels to report accuracy on"
+        x, y = data.test[:n].to(self.device), data.test_labels[:n]
+        g = torch.Generator().manual_seed(seed)
+        with self.evaluating():
+            accs = [f"sigma={s:g}: {self.accuracy(x, y, s, generator=g):.3f}" for s in sigmas]
+        return f"classifier held-out accuracy ({len(x)} examples): " + ", ".join(accs)
 
     @classmethod
-    def from_config(cls, model_cfg: dict, method_cfg: dict, data) -> "NoisyClassifier":
+    def from_config(cls, model_cfg: dict, method_cfg: dict, data,
+                    frozen: dict[str, TrainableModel] | None = None) -> "NoisyClassifier":
         """Build from a run config's ``model`` (``arch``: ``mlp`` for vectors, ``conv`` for images, and its
         options) and ``method`` (this class's options; ``sigma_data = "auto"`` takes the data's std)."""
         if data.num_classes < 2:
@@ -215,7 +218,7 @@ class NoisyClassifier(GenerativeModel):
         method = dict(method_cfg)
         if method.get("sigma_data", "auto") == "auto":
             method["sigma_data"] = round(data.std, 4)
-        check_kwargs(cls, method, "method option for family 'classifier'", exclude=("net", "num_classes"))
+        check_kwargs(cls, method, "method option for family 'classifier'", exclude=("net", "num_classes", "data_shape"))
         model = dict(model_cfg)
         arch = model.pop("arch", "conv" if data.kind == "image" else "mlp")
         check_choice(arch, CLASSIFIER_NETWORKS, "model.arch for family 'classifier'")
@@ -223,9 +226,7 @@ class NoisyClassifier(GenerativeModel):
         check_kwargs(net_cls, model, f"model options for classifier arch {arch!r}", exclude=("num_classes",))
         derived = {"dim": int(torch.tensor(data.shape).prod())} if arch == "mlp" else {"in_channels": data.shape[0]}
         net = net_cls(num_classes=data.num_classes, **{**derived, **model})
-        obj = cls(net, num_classes=data.num_classes, **method)
-        obj.data_shape = tuple(data.shape)
-        return obj
+        return cls(net, num_classes=data.num_classes, data_shape=data.shape, **method)
 
 
-CLASSIFIER_FAMILIES: dict[str, type[GenerativeModel]] = {"classifier": NoisyClassifier}
+CLASSIFIER_FAMILIES: dict[str, type[TrainableModel]] = {"classifier": NoisyClassifier}

@@ -6,7 +6,7 @@ choices (see the table in ``docs/glossary.md``); sampling goes through :func:`un
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -14,30 +14,47 @@ from torch import Tensor, nn
 from ..denoiser import Denoiser
 from ..losses import DenoisingLoss
 from ..parameterization import PARAMETERIZATIONS
-from ..processes import NOISE_LEVELS, PROCESSES
-from ..samplers import make_grid, prior_noise, sample
+from ..processes import NOISE_LEVELS, PROCESSES, VPDiscrete, build_process
+from ..samplers import ALIASES, GRIDS, METHODS, check_sampler, make_grid, sample
 from ..utils import as_options, check_choice, check_kwargs
-from .base import GenerativeModel
+from .base import DenoisingModel, SupportsLikelihood, TrainableModel
 
 __all__ = ["GaussianDiffusion"]
 
+#: options of the probability-flow ODE likelihood (:func:`unidm.likelihood.log_likelihood`)
+ODE_OPTIONS = ["sigma_min", "sigma_max", "prior_variance", "hutchinson", "probe", "rtol", "atol"]
+#: options of DDPM's ELBO (:func:`unidm.likelihood.elbo`)
+ELBO_OPTIONS = ["variance", "num_terms"]
 
-class GaussianDiffusion(GenerativeModel):
-    """Any Gaussian diffusion or flow model as a :class:`GenerativeModel`.
+
+class GaussianDiffusion(DenoisingModel, SupportsLikelihood):
+    """Any Gaussian diffusion or flow model as a :class:`DenoisingModel` with a likelihood.
 
     Args:
         net: noise-agnostic network ``net(c_in x, c_noise, class_labels=None)``.
         process: name in :data:`unidm.processes.PROCESSES` (``vp``, ``vp-discrete``, ``vp-cosine``, ``ve``,
-            ``subvp``, ``edm``, ``flow``); ``process_options`` its init arguments.
+            ``subvp``, ``edm``, ``flow``); ``process_options`` its init arguments. A process whose constructor
+            takes ``data_dim`` receives ``prod(data_shape)``.
         parameterization: name in :data:`unidm.parameterization.PARAMETERIZATIONS`.
         noise_levels: name in :data:`unidm.processes.NOISE_LEVELS`; ``noise_options`` its arguments.
         weighting: name in :data:`unidm.losses.WEIGHTINGS`; ``gamma`` for min-SNR.
         sigma_data: data standard deviation (EDM preconditioning and weighting, and ``c_in`` for all).
+        data_shape: the per-example data shape.
         num_classes: > 0 for a class-conditional model; ``label_dropout``: probability of training with the null
             label (classifier-free guidance, Ho & Salimans 2022, Algorithm 1).
+
+    Sampling: every sampler of :data:`unidm.samplers.METHODS` on every grid of :data:`unidm.samplers.GRIDS`.
+    Likelihood: ``"ode"``, the probability-flow ODE (Song et al. 2021, App. D.2); ``"elbo"``, DDPM's bound
+    (Ho et al. 2020, eq. 5), for the ``vp-discrete`` process only.
     """
 
     family = "gaussian"
+    samplers = METHODS
+    sampler_aliases = ALIASES
+    grids = tuple(GRIDS)
+    default_sampling = {"sampler": "heun", "steps": 32, "grid": "karras"}
+    sampler_seed_offset = 1_000_003
+    sampler_internal = ("denoiser", "x", "grid", "generator", "callback", "cond")
 
     def __init__(
         self,
@@ -50,22 +67,23 @@ class GaussianDiffusion(GenerativeModel):
         gamma: float = 5.0,
         process_options: dict | None = None,
         noise_options: dict | None = None,
+        data_shape: Sequence[int] = (2,),
         num_classes: int = 0,
         label_dropout: float = 0.0,
     ):
-        super().__init__()
+        super().__init__(data_shape, num_classes)
         check_choice(process, PROCESSES, "process")
         check_choice(parameterization, PARAMETERIZATIONS, "parameterization")
         check_choice(noise_levels, NOISE_LEVELS, "noise_levels")
         process_options = as_options(process_options, "method.process_options")
         noise_options = as_options(noise_options, "method.noise_options")
-        check_kwargs(PROCESSES[process], process_options, f"process_options for {process!r}")
+        check_kwargs(PROCESSES[process], process_options, f"process_options for {process!r}", exclude=("data_dim",))
         check_kwargs(NOISE_LEVELS[noise_levels], noise_options, f"noise_options for {noise_levels!r}")
-        self.process = PROCESSES[process](**process_options)
+        self.process = build_process(process, process_options, data_dim=int(torch.tensor(self.data_shape).prod()))
         self.denoiser = Denoiser(net, self.process, PARAMETERIZATIONS[parameterization](sigma_data=sigma_data))
         self.loss_fn = DenoisingLoss(self.process, NOISE_LEVELS[noise_levels](**noise_options), weighting,
                                      sigma_data, gamma)
-        self.num_classes, self.label_dropout = num_classes, label_dropout
+        self.label_dropout = float(label_dropout)
 
     @property
     def net(self) -> nn.Module:
@@ -75,15 +93,16 @@ class GaussianDiffusion(GenerativeModel):
         return self.denoiser(x, sigma, **cond)
 
     def loss(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> Tensor:
-        x0 = batch["x"]
         cond = {}
         if self.num_classes > 0:
-            y = batch["y"].long()
-            if self.label_dropout > 0:
-                drop = torch.rand(y.shape, generator=generator, device=y.device) < self.label_dropout
-                y = torch.where(drop, torch.full_like(y, self.num_classes), y)
-            cond["class_labels"] = y
-        return self.loss_fn(self.denoiser, x0, generator, **cond)
+            cond["class_labels"] = self.drop_labels(batch["y"].long(), self.label_dropout, generator)
+        return self.loss_fn(self.denoiser, batch["x"], generator, **cond)
+
+    def check_sampling(self, sampler: str | None = None, steps: int | None = None, grid: str | None = None,
+                       options: Mapping[str, Any] | None = None):
+        plan = super().check_sampling(sampler, steps, grid, options)
+        check_sampler(plan.sampler, self.process, **plan.options)
+        return plan
 
     @torch.no_grad()
     def generate(
@@ -92,46 +111,65 @@ class GaussianDiffusion(GenerativeModel):
         *,
         seeds: Sequence[int] | None = None,
         generator: torch.Generator | None = None,
-        sampler: str = "heun",
-        steps: int = 32,
-        grid: str = "karras",
+        sampler: str | None = None,
+        steps: int | None = None,
+        grid: str | None = None,
         shape: Sequence[int] | None = None,
         class_labels: Tensor | None = None,
         denoiser=None,
         grid_options: dict | None = None,
         **options,
     ) -> Tensor:
-        """``n`` samples from noise at ``sigma_max`` with ``sampler`` on a ``grid`` of ``steps`` steps.
+        """``n`` samples from the prior at ``sigma_max`` with ``sampler`` on a ``grid`` of ``steps`` steps (the
+        family's defaults: Heun, 32 steps, Karras grid).
 
         With ``seeds`` (one per sample) each sample's initial noise and sampler noise depend only on its seed.
         ``denoiser`` replaces the model's own (e.g. a guided wrapper of it).
         """
+        plan = self.check_sampling(sampler, steps, grid, options)
         device = self.device
         shape = tuple(shape or self.data_shape)
-        g = make_grid(grid, steps, self.process, **(grid_options or {}))
-        x = prior_noise((n, *shape), float(g[0]), seeds=seeds, generator=generator, device=device)
-        gens = None
-        if seeds is not None:
-            gens = [torch.Generator().manual_seed(int(s) + 1_000_003) for s in seeds]
-        elif generator is not None:
-            gens = generator
+        g = make_grid(plan.grid, plan.steps, self.process, **(grid_options or {}))
+        x = self.process.prior_sample((n, *shape), float(g[0]), seeds=seeds, generator=generator, device=device)
         cond = {}
         if class_labels is not None:
             cond["class_labels"] = torch.as_tensor(class_labels, device=device).long().expand(n)
         D = denoiser if denoiser is not None else self.denoiser
-        was_training = self.training
-        self.eval()
-        try:
-            out = sample(D, x, g, method=sampler, generator=gens, **cond, **options)
-        finally:
-            self.train(was_training)
-        return out
+        with self.evaluating():
+            return sample(D, x, g, method=plan.sampler, generator=self.sample_generators(seeds, generator), **cond,
+                          **plan.options)
 
-    #: set by the builder: the per-example data shape
-    data_shape: tuple[int, ...] = (2,)
+    def likelihood_methods(self) -> dict[str, str]:
+        methods = {"ode": "ode"}
+        if isinstance(self.process, VPDiscrete):
+            methods["elbo"] = "bound"
+        return methods
+
+    likelihood_note = "the ELBO needs the vp-discrete process; "
+
+    def likelihood_options(self, method: str) -> list[str]:
+        return ODE_OPTIONS if method == "ode" else ELBO_OPTIONS
+
+    def likelihood(self, x: Tensor, *, method: str | None = None, num_levels: int | None = None,
+                   generator: torch.Generator | None = None, class_labels: Tensor | None = None, **options):
+        """Per-example NLL of ``x`` through the probability-flow ODE (``"ode"``, an exact density up to the solver
+        tolerance) or DDPM's ELBO (``"elbo"``, a bound); for ``num_levels`` the discrete data's, dequantized."""
+        from ..likelihood import Likelihood, elbo, log_likelihood
+
+        method = self.check_likelihood(method, options)
+        cond = {} if class_labels is None else {"class_labels": class_labels}
+        with self.evaluating():
+            if method == "elbo":
+                res = elbo(self.denoiser, x, num_levels=num_levels, generator=generator, **options, **cond)
+                return Likelihood(nll=-res.elbo, bits_per_dim=res.bits_per_dim, kind="bound", nfe=float(res.nfe))
+            res = log_likelihood(self.denoiser, x, num_levels=num_levels, generator=generator, **options, **cond)
+        return Likelihood(nll=-res.log_prob, bits_per_dim=res.bits_per_dim, kind="ode", nfe=float(res.nfe),
+                          extra={"latent_scale": res.latent_scale, "sigma_min": res.sigma_min,
+                                 "sigma_max": res.sigma_max, "prior_variance": res.prior_variance})
 
     @classmethod
-    def from_config(cls, model_cfg: dict, method_cfg: dict, data) -> "GaussianDiffusion":
+    def from_config(cls, model_cfg: dict, method_cfg: dict, data,
+                    frozen: Mapping[str, TrainableModel] | None = None) -> "GaussianDiffusion":
         """Build from a run config's ``model`` and ``method`` sections for dataset ``data``.
 
         ``method.sigma_data = "auto"`` (the default) takes the training data's standard deviation;
@@ -145,12 +183,12 @@ class GaussianDiffusion(GenerativeModel):
             raise ValueError(f"method.conditional=true but dataset {data.name!r} has no labels")
         if method.get("sigma_data", "auto") == "auto":
             method["sigma_data"] = round(data.std, 4)
-        check_kwargs(cls, method, "method option for family 'gaussian'", exclude=("net", "num_classes"))
+        check_kwargs(cls, method, "method option for family 'gaussian'", exclude=("net", "num_classes", "data_shape"))
         model = dict(model_cfg)
         arch = model.pop("arch", "mlp")
+        num_classes = data.num_classes if conditional else 0
         derived = {"dim": int(torch.tensor(data.shape).prod()), "in_channels": data.shape[0],
-                   "image_size": data.shape[-1], "num_classes": data.num_classes if conditional else 0}
+                   "image_size": data.shape[-1], "num_classes": num_classes}
         net = build_network(arch, derived, **model)
-        obj = cls(net, num_classes=data.num_classes if conditional else 0, **method)
-        obj.data_shape = tuple(data.shape)
-        return obj
+        return cls(net, data_shape=data.shape, num_classes=num_classes, **method)
+

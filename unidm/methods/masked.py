@@ -20,13 +20,13 @@ from torch import Tensor, nn
 
 from ..processes.absorbing import MASKING_SCHEDULES, MaskingSchedule, mask_tokens
 from ..utils import as_options, check_choice, check_kwargs, valid_kwargs
-from .base import GenerativeModel
+from .base import GenerativeModel, SupportsLikelihood, TrainableModel
 from .masked_sampling import MASKED_SAMPLERS, MaskedSample
 
 __all__ = ["MaskedDiffusion", "MASKED_FAMILIES"]
 
 
-class MaskedDiffusion(GenerativeModel):
+class MaskedDiffusion(GenerativeModel, SupportsLikelihood):
     """Absorbing-state diffusion over sequences of ``vocab_size`` symbols.
 
     Args:
@@ -45,6 +45,11 @@ class MaskedDiffusion(GenerativeModel):
     """
 
     family = "masked"
+    samplers = MASKED_SAMPLERS
+    grids = ("uniform-t",)
+    default_sampling = {"sampler": "ancestral", "steps": 64, "grid": "uniform-t"}
+    sampler_seed_offset = 7_919
+    sampler_internal = ("denoise", "x", "alphas", "mask_id", "generator")
 
     def __init__(
         self,
@@ -53,10 +58,11 @@ class MaskedDiffusion(GenerativeModel):
         schedule: str = "linear",
         schedule_options: dict | None = None,
         antithetic: bool = True,
+        data_shape: Sequence[int] = (64,),
         num_classes: int = 0,
         label_dropout: float = 0.0,
     ):
-        super().__init__()
+        super().__init__(data_shape, num_classes)
         check_choice(schedule, MASKING_SCHEDULES, "masking schedule")
         schedule_options = as_options(schedule_options, "method.schedule_options")
         check_kwargs(MASKING_SCHEDULES[schedule], schedule_options, f"schedule_options for {schedule!r}")
@@ -64,10 +70,7 @@ class MaskedDiffusion(GenerativeModel):
         self.vocab_size, self.mask_id = int(vocab_size), int(vocab_size)
         self.schedule: MaskingSchedule = MASKING_SCHEDULES[schedule](**schedule_options)
         self.antithetic = antithetic
-        self.num_classes, self.label_dropout = num_classes, label_dropout
-
-    #: set by the builder: the per-example data shape ``(L,)``
-    data_shape: tuple[int, ...] = (64,)
+        self.label_dropout = float(label_dropout)
 
     def log_probs(self, x_t: Tensor, class_labels: Tensor | None = None) -> Tensor:
         """``log p(x0 | x_t)`` ``[B, L, vocab_size]``: the network's categorical at masked positions, a point mass
@@ -84,11 +87,7 @@ class MaskedDiffusion(GenerativeModel):
     def _labels(self, batch: dict[str, Tensor], generator) -> Tensor | None:
         if self.num_classes == 0:
             return None
-        y = batch["y"].long()
-        if self.training and self.label_dropout > 0:
-            drop = torch.rand(y.shape, generator=generator, device=y.device) < self.label_dropout
-            y = torch.where(drop, torch.full_like(y, self.num_classes), y)
-        return y
+        return self.drop_labels(batch["y"].long(), self.label_dropout, generator)
 
     def _masked_nll(self, x0: Tensor, x_t: Tensor, labels: Tensor | None) -> Tensor:
         """``sum_{i: x_t^i = MASK} -log p(x0^i | x_t)`` per sequence ``[B]``."""
@@ -131,20 +130,33 @@ class MaskedDiffusion(GenerativeModel):
     def bits_per_token(self, x0: Tensor, *, n_t: int = 16, batch_size: int = 256, seed: int = 0) -> float:
         """The ELBO bound on held-out ``x0 [N, L]`` in bits per token (an upper bound on the NLL)."""
         g = torch.Generator().manual_seed(seed)
-        was = self.training
-        self.eval()
-        try:
+        with self.evaluating():
             tot = sum(float(self.nelbo(c.to(self.device), n_t=n_t, generator=g).sum()) for c in x0.split(batch_size))
-        finally:
-            self.train(was)
         return tot / (x0.numel() * math.log(2))
+
+    def likelihood_methods(self) -> dict[str, str]:
+        return {"elbo": "bound"}
+
+    def likelihood_options(self, method: str) -> list[str]:
+        return ["n_t"]
+
+    def likelihood(self, x: Tensor, *, method: str | None = None, num_levels: int | None = None,
+                   generator: torch.Generator | None = None, class_labels: Tensor | None = None, n_t: int = 16):
+        """The ELBO bound (MD4 eq. 4, :meth:`nelbo`) per sequence, in nats and bits per token (``kind="bound"``)."""
+        from ..likelihood import Likelihood
+
+        self.check_likelihood(method, {})
+        if num_levels is not None:
+            raise ValueError("num_levels does not apply to token data: masked diffusion scores the tokens themselves")
+        if isinstance(n_t, bool) or not isinstance(n_t, int) or n_t < 1:
+            raise ValueError(f"n_t (ELBO time draws per sequence) must be a whole number >= 1, got {n_t!r}")
+        with self.evaluating():
+            nll = self.nelbo(x.long(), n_t=n_t, generator=generator, class_labels=class_labels)
+        return Likelihood(nll=nll, bits_per_dim=nll / (x[0].numel() * math.log(2)), kind="bound", nfe=float(n_t))
 
     def alpha_grid(self, steps: int, grid: str = "uniform-t") -> Tensor:
         """``alpha`` along ``steps`` equal steps of ``t`` from 1 to 0 (``[steps + 1]``); the last is exactly 1."""
-        if grid not in ("uniform-t", "karras"):
-            raise ValueError(f"unknown grid {grid!r} for masked diffusion; valid: uniform-t")
-        if steps < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
+        self.check_sampling(None, steps, grid)
         t = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
         a = self.schedule.alpha(t)
         a[-1] = 1.0
@@ -157,9 +169,9 @@ class MaskedDiffusion(GenerativeModel):
         *,
         seeds: Sequence[int] | None = None,
         generator: torch.Generator | None = None,
-        sampler: str = "ancestral",
-        steps: int = 64,
-        grid: str = "uniform-t",
+        sampler: str | None = None,
+        steps: int | None = None,
+        grid: str | None = None,
         class_labels: Tensor | None = None,
         prompt: Tensor | None = None,
         **options,
@@ -170,15 +182,13 @@ class MaskedDiffusion(GenerativeModel):
         keep fixed (MASK elsewhere), for infilling. ``options`` go to the sampler (``temperature``, ``cache``,
         ``randomness`` for greedy).
         """
-        check_choice(sampler, MASKED_SAMPLERS, "sampler for masked diffusion")
-        check_kwargs(MASKED_SAMPLERS[sampler], options, f"option for sampler {sampler!r}",
-                     exclude=("denoise", "x", "alphas", "mask_id", "generator"))
+        plan = self.check_sampling(sampler, steps, grid, options)
         device = self.device
         length = self.data_shape[0]
         x = torch.full((n, length), self.mask_id, dtype=torch.long, device=device)
         if prompt is not None:
             x = torch.as_tensor(prompt, device=device).long().clone()
-        gens = [torch.Generator().manual_seed(int(s) + 7_919) for s in seeds] if seeds is not None else generator
+        gens = self.sample_generators(seeds, generator)
         labels = None
         if class_labels is not None:
             labels = torch.as_tensor(class_labels, device=device).long().expand(n)
@@ -186,24 +196,21 @@ class MaskedDiffusion(GenerativeModel):
         def denoise(x_t: Tensor, rows: Tensor) -> Tensor:
             return self.log_probs(x_t, None if labels is None else labels[rows]).exp()
 
-        was = self.training
-        self.eval()
-        try:
-            out = MASKED_SAMPLERS[sampler](denoise, x, self.alpha_grid(steps, grid), self.mask_id, generator=gens,
-                                           **options)
-        finally:
-            self.train(was)
-        return out
+        with self.evaluating():
+            return MASKED_SAMPLERS[plan.sampler](denoise, x, self.alpha_grid(plan.steps, plan.grid), self.mask_id,
+                                                 generator=gens, **plan.options)
 
     @torch.no_grad()
     def generate(self, n: int, *, seeds: Sequence[int] | None = None, generator: torch.Generator | None = None,
-                 sampler: str = "ancestral", steps: int = 64, grid: str = "uniform-t", **options) -> Tensor:
+                 sampler: str | None = None, steps: int | None = None, grid: str | None = None,
+                 **options) -> Tensor:
         """``n`` token sequences ``[n, L]`` (see :meth:`sample`, which also reports the network evaluations)."""
         return self.sample(n, seeds=seeds, generator=generator, sampler=sampler, steps=steps, grid=grid,
                            **options).x
 
     @classmethod
-    def from_config(cls, model_cfg: dict, method_cfg: dict, data) -> "MaskedDiffusion":
+    def from_config(cls, model_cfg: dict, method_cfg: dict, data,
+                    frozen: dict[str, TrainableModel] | None = None) -> "MaskedDiffusion":
         """Build from a run config for a ``kind="tokens"`` dataset: the network gets ``vocab_size + 1`` input ids
         (MASK included) and, if it takes ``out_size``, ``vocab_size`` outputs."""
         from ..nn import NETWORKS, build_network
@@ -215,7 +222,8 @@ class MaskedDiffusion(GenerativeModel):
         conditional = bool(method.pop("conditional", False))
         if conditional and data.num_classes == 0:
             raise ValueError(f"method.conditional=true but dataset {data.name!r} has no labels")
-        check_kwargs(cls, method, "method option for family 'masked'", exclude=("net", "vocab_size", "num_classes"))
+        check_kwargs(cls, method, "method option for family 'masked'",
+                     exclude=("net", "vocab_size", "num_classes", "data_shape"))
         model = dict(model_cfg)
         arch = model.pop("arch", "transformer")
         check_choice(arch, NETWORKS, "model.arch")
@@ -224,9 +232,8 @@ class MaskedDiffusion(GenerativeModel):
         derived = {"vocab_size": data.vocab_size + 1, "seq_len": data.shape[0], "dim": data.shape[0],
                    "num_classes": data.num_classes if conditional else 0}
         net = build_network(arch, derived, **model)
-        obj = cls(net, data.vocab_size, num_classes=data.num_classes if conditional else 0, **method)
-        obj.data_shape = tuple(data.shape)
-        return obj
+        return cls(net, data.vocab_size, data_shape=data.shape, num_classes=data.num_classes if conditional else 0,
+                   **method)
 
 
 MASKED_FAMILIES: dict[str, type[GenerativeModel]] = {"masked": MaskedDiffusion}
