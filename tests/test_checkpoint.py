@@ -107,7 +107,16 @@ def test_resume_falls_back_past_a_corrupt_checkpoint_and_ends_bitwise_equal(run_
     path = _copy(run_dir, tmp_path)
     reference = load_checkpoint(list_checkpoints(path)[-1])
     _truncate(os.path.join(list_checkpoints(path)[-1], "model.safetensors"))
-    os.makedirs(os.path.join(path, "state", ".tmp-step_abandoned"))  # a write that was killed: ignored, removed
+    ours = [os.path.join(path, "state", ".unidm-tmp-0123456789abcdef-step_00000040"),  # a killed write: removed,
+            os.path.join(path, "state", ".tmp-step_ab3_x9q0")]  # also as earlier versions named it
+    for p in ours:
+        os.makedirs(p)
+    foreign = [os.path.join(path, ".tmp-x"), os.path.join(path, ".unidm-tmp-notours"),  # anything else stays
+               os.path.join(path, ".unidm-tmp-0123456789abcdef-notes.txt"), os.path.join(path, "state", ".tmp-step_x")]
+    os.makedirs(foreign[-1])
+    for p in foreign[:-1]:
+        with open(p, "w") as f:
+            f.write("mine")
     cfg, data, model = _build("train.keep_last=0")
     lines = []
     train(model, data, cfg.train, path, resume=True, log=lines.append)
@@ -117,7 +126,8 @@ def test_resume_falls_back_past_a_corrupt_checkpoint_and_ends_bitwise_equal(run_
     assert final.step == 30
     assert param_digest(final.model) == param_digest(reference.model)
     assert param_digest(final.ema) == param_digest(reference.ema)
-    assert not os.path.exists(os.path.join(path, "state", ".tmp-step_abandoned"))
+    assert not any(os.path.exists(p) for p in ours)
+    assert all(os.path.exists(p) for p in foreign)
 
 
 def test_fresh_run_refuses_a_folder_with_checkpoints_and_resume_needs_one(run_dir, tmp_path):

@@ -95,13 +95,13 @@ def test_sigkill_during_steps_and_during_a_checkpoint_write_then_resume_is_bitwi
     state = os.path.join(run, "state")
 
     def writing():
-        tmp = [n for n in os.listdir(state) if n.startswith(".tmp-step_")]
+        tmp = [n for n in os.listdir(state) if n.startswith(".unidm-tmp-")]
         return bool(tmp) and os.path.exists(os.path.join(state, tmp[0], "model.safetensors"))
 
     _wait_for(writing, proc)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
-    assert any(n.startswith(".tmp-step_") for n in os.listdir(state))  # the half-written checkpoint is left behind
+    assert any(n.startswith(".unidm-tmp-") for n in os.listdir(state))  # the half-written checkpoint is left behind
 
     # 3. resume to the end (in this process), and 4. the uninterrupted reference from the same initial weights
     with open(os.path.join(run, "config.json")) as f:
@@ -109,7 +109,7 @@ def test_sigkill_during_steps_and_during_a_checkpoint_write_then_resume_is_bitwi
     data = build_data(cfg)
     train(build_model(cfg, data), data, cfg.train, run, resume=True, **QUIET)
     train(build_model(cfg, data), data, cfg.train, init, resume=True, **QUIET)
-    assert not any(n.startswith(".tmp") for n in os.listdir(state))
+    assert not any(n.startswith((".unidm-tmp", ".tmp")) for n in os.listdir(state))
     _same(_final(run), _final(init))
     assert _losses(run) == _losses(init) and [s for s, _ in _losses(run)] == list(range(1, 41))
 

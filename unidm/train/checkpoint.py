@@ -21,8 +21,8 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -35,13 +35,21 @@ from safetensors.torch import save_file
 __all__ = [
     "CheckpointError", "Checkpoint", "save_checkpoint", "load_checkpoint", "latest_checkpoint", "list_checkpoints",
     "verify_checkpoint", "last_good_checkpoint", "checkpoint_path", "clean_temporaries", "param_digest",
-    "atomic_write_bytes", "atomic_save_safetensors", "load_safetensors", "fault_point", "FORMAT",
+    "atomic_write_bytes", "atomic_save_safetensors", "load_safetensors", "fault_point", "FORMAT", "TMP_PREFIX",
+    "RUN_FILES", "temporary_name", "is_temporary",
 ]
 
 FORMAT = "unidm-checkpoint-1"
 WEIGHT_FILES = ("model.safetensors", "optimizer.safetensors")
 _STEP_DIR = re.compile(r"^step_(\d+)$")
-_TMP_PREFIX = ".tmp-"
+# Every temporary file or folder our atomic writers create is named ``.unidm-tmp-<16 hex>-<final name>``, and
+# clean_temporaries deletes nothing else: a user's own ``.tmp-*`` (or anything) in a run folder is never touched.
+TMP_PREFIX = ".unidm-tmp-"
+_TMP_NAME = re.compile(r"^\.unidm-tmp-[0-9a-f]{16}-(?P<final>.+)$")
+# what the atomic writers of earlier versions named a checkpoint being written (tempfile.mkdtemp in state/)
+_LEGACY_TMP_STEP = re.compile(r"^\.tmp-step_[a-z0-9_]{8}$")
+# the files the loop replaces atomically in the run folder itself
+RUN_FILES = ("model.safetensors", "config.json", "metrics.jsonl")
 
 
 class CheckpointError(RuntimeError):
@@ -88,13 +96,33 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def _atomic_replace(path: str, suffix: str, write: Callable[[str], None]) -> None:
+def temporary_name(final: str) -> str:
+    """The name our atomic writers give the temporary copy of ``final`` (a file or folder name) while writing it:
+    ``.unidm-tmp-<16 hex>-<final>``, which nothing else is called."""
+    return f"{TMP_PREFIX}{secrets.token_hex(8)}-{final}"
+
+
+def _make_temporary(folder: str, final: str, directory: bool = False) -> str:
+    """Create (exclusively, private to us) a new temporary file or folder in ``folder`` for ``final``."""
+    for _ in range(100):
+        tmp = os.path.join(folder, temporary_name(final))
+        try:
+            if directory:
+                os.mkdir(tmp, 0o700)
+            else:
+                os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            return tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"cannot create a temporary name for {final} in {folder}")
+
+
+def _atomic_replace(path: str, write: Callable[[str], None]) -> None:
     """``write(tmp)`` a temporary file beside ``path``, fsync it, rename it over ``path``, fsync the folder; on any
     error the temporary file is removed and ``path`` is left as it was."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=_TMP_PREFIX, suffix=suffix)
-    os.close(fd)
+    tmp = _make_temporary(folder, os.path.basename(path))
     try:
         write(tmp)
         _publish_mode(tmp)
@@ -115,13 +143,13 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
         with open(tmp, "wb") as f:
             f.write(data)
 
-    _atomic_replace(path, os.path.basename(path), write)
+    _atomic_replace(path, write)
 
 
 def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str, metadata: dict | None = None) -> None:
     """Save tensors (moved to CPU) as safetensors at ``path`` via a temporary file, fsync, rename."""
     cpu = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    _atomic_replace(path, ".safetensors", lambda tmp: save_file(cpu, tmp, metadata=metadata))
+    _atomic_replace(path, lambda tmp: save_file(cpu, tmp, metadata=metadata))
 
 
 def _check_safetensors_header(head: bytes, size: int, path: str) -> None:
@@ -230,7 +258,7 @@ def save_checkpoint(run_dir: str, step: int, model_state: dict, ema_state: dict,
     root = os.path.join(run_dir, "state")
     os.makedirs(root, exist_ok=True)
     final = checkpoint_path(run_dir, step)
-    tmp = tempfile.mkdtemp(dir=root, prefix=_TMP_PREFIX + "step_")
+    tmp = _make_temporary(root, os.path.basename(final), directory=True)
     try:
         _publish_mode(tmp, directory=True)
         weights = {**{f"model.{k}": v for k, v in model_state.items()},
@@ -271,20 +299,32 @@ def list_checkpoints(run_dir: str) -> list[str]:
     return [p for _, p in sorted(found)]
 
 
-def clean_temporaries(run_dir: str) -> list[str]:
-    """Delete what interrupted writes left behind (``.tmp-*`` in the run folder and in ``state/``).
+def is_temporary(name: str, folder: str = "run") -> bool:
+    """Whether ``name`` is one our writers give a temporary in the run folder (``folder="run"``: a file being
+    written as one of :data:`RUN_FILES`) or in ``state/`` (``folder="state"``: a checkpoint folder being written,
+    also under the name earlier versions used)."""
+    m = _TMP_NAME.match(name)
+    if folder == "state":
+        return bool(m and _STEP_DIR.match(m.group("final"))) or bool(_LEGACY_TMP_STEP.match(name))
+    return bool(m and m.group("final") in RUN_FILES)
 
-    Only call this when no other process is writing the run (the loop does it on rank 0 before training).
+
+def clean_temporaries(run_dir: str) -> list[str]:
+    """Delete what interrupted writes left behind, and nothing else: files named as our temporaries of
+    :data:`RUN_FILES` in the run folder, folders named as our temporary checkpoints in ``state/``.
+
+    Only call this when no other process is writing the run (the loop does it on rank 0, holding the run's lock).
     """
     removed = []
-    for folder in (run_dir, os.path.join(run_dir, "state")):
+    for folder, where, is_dir in ((run_dir, "run", False), (os.path.join(run_dir, "state"), "state", True)):
         if not os.path.isdir(folder):
             continue
-        for name in os.listdir(folder):
-            if name.startswith(_TMP_PREFIX):
-                p = os.path.join(folder, name)
-                shutil.rmtree(p, ignore_errors=True) if os.path.isdir(p) else os.unlink(p)
-                removed.append(p)
+        for name in sorted(os.listdir(folder)):
+            p = os.path.join(folder, name)
+            if not is_temporary(name, where) or os.path.islink(p) or os.path.isdir(p) != is_dir:
+                continue
+            shutil.rmtree(p, ignore_errors=True) if is_dir else os.unlink(p)
+            removed.append(p)
     return removed
 
 

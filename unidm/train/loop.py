@@ -24,7 +24,9 @@ import contextlib
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -40,12 +42,25 @@ from .checkpoint import (
 from .config import TrainConfig
 from .distributed import DistInfo, resolve_device
 from .ema import EMA
+from .runfolder import RunLock, check_run_folder
 
-__all__ = ["train", "TrainResult", "TrainingDiverged", "resolve_device", "lr_at", "shard_seed", "export_weights"]
+__all__ = ["train", "TrainResult", "TrainingDiverged", "TrainingInterrupted", "resolve_device", "lr_at",
+           "shard_seed", "export_weights"]
+
+DECAYS = ("cosine", "linear", "none")
 
 
 class TrainingDiverged(RuntimeError):
     """The loss or the gradient norm became NaN or infinite (or the ranks' weights stopped agreeing)."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """Ctrl-C (SIGINT) stopped training; the checkpoint of the step reached is written. The message names the step
+    and the command that resumes the run."""
+
+    def __init__(self, message: str, step: int, checkpoint: str):
+        super().__init__(message)
+        self.step, self.checkpoint = step, checkpoint
 
 
 @dataclass
@@ -96,6 +111,8 @@ def _check_settings(cfg: TrainConfig, device: torch.device, dist: DistInfo) -> N
     """Refuse impossible settings before anything is written."""
     if cfg.precision not in ("fp32", "bf16", "fp16"):
         raise ValueError(f"unknown precision {cfg.precision!r}; valid: fp32, bf16, fp16")
+    if cfg.decay not in DECAYS:
+        raise ValueError(f"unknown train.decay {cfg.decay!r}; valid: {', '.join(DECAYS)}")
     if cfg.precision == "fp16" and device.type != "cuda":
         raise ValueError(f"precision 'fp16' needs CUDA (autocast with a gradient scaler), but this run is on "
                          f"{device.type}; use train.precision=bf16 on CPU")
@@ -154,6 +171,9 @@ def _restore(run_dir: str, resume: bool, cfg: TrainConfig, dist: DistInfo, devic
         raise FileExistsError(f"{run_dir} already holds checkpoints; pass --resume to continue it or pick a new --out")
     if not resume:
         return 0
+    if chosen > cfg.steps:
+        raise ValueError(f"train.steps={cfg.steps} is below step {chosen}, which the run already reached "
+                         f"({checkpoint_path(run_dir, chosen)}); pass train.steps={chosen} or more to resume it")
     if ck is None:
         path = checkpoint_path(run_dir, chosen)
         try:
@@ -196,19 +216,86 @@ def train(
         config_dict: the resolved run config, written to ``config.json``.
         callback: called as ``callback(step, model, ema, record)`` at every log interval (rank 0).
         max_seconds: stop (with a checkpoint) after this much training time.
+    The batches are :meth:`Dataset.train_tensors <unidm.data.Dataset.train_tensors>` (``"x"``, ``"y"``, the
+    dataset's extras) cut by the same indices. Only ``model.parameters()`` that require gradients are optimized;
+    frozen sub-models (:meth:`~unidm.methods.base.TrainableModel.add_frozen`) are in no checkpoint.
+
+    The run folder must be new, empty or a unidm run (:func:`~unidm.train.runfolder.check_run_folder`); rank 0
+    holds its lock (:class:`~unidm.train.runfolder.RunLock`) while training. Ctrl-C (SIGINT, in the main thread)
+    finishes the step, writes its checkpoint on every rank's agreement and raises :class:`TrainingInterrupted`;
+    further Ctrl-C are ignored until then.
+
     Raises:
         TrainingDiverged: NaN/inf loss or gradients; the last good checkpoint is left in place and named.
+        TrainingInterrupted: Ctrl-C; the checkpoint of the step reached is written.
+        FileExistsError: the folder is not a unidm run, holds checkpoints (without ``resume``), or another
+            process trains it (:class:`~unidm.train.runfolder.RunLocked`).
+        FileNotFoundError: ``resume`` and no whole checkpoint.
+        ValueError: impossible settings, or ``cfg.steps`` below the step the resumed run reached.
     """
     dist = DistInfo.from_env(cfg.device)
-    result = _train(model, data, cfg, run_dir, dist, resume, config_dict, callback, max_seconds, log)
+    device = dist.device(cfg.device)
+    _check_settings(cfg, device, dist)
+    lock = _open_run_folder(run_dir, resume, dist, log)
+    try:
+        result, interrupted = _train(model, data, cfg, run_dir, dist, device, resume, config_dict, callback,
+                                     max_seconds, log)
+    finally:
+        if lock is not None:
+            lock.release()
     dist.close()  # only on success: after an error other ranks may sit in a collective, and the process ends anyway
+    if interrupted:
+        path = checkpoint_path(run_dir, result.step)
+        raise TrainingInterrupted(f"training interrupted at step {result.step} of {cfg.steps}; checkpoint {path} is "
+                                  f"written. Resume with: unidm train --out {run_dir} --resume", result.step, path)
     return result
 
 
-def _train(model: nn.Module, data: Dataset, cfg: TrainConfig, run_dir: str, dist: DistInfo, resume: bool,
-           config_dict: dict | None, callback, max_seconds: float | None, log: Callable[[str], None]) -> TrainResult:
-    device = dist.device(cfg.device)
-    _check_settings(cfg, device, dist)
+def _open_run_folder(run_dir: str, resume: bool, dist: DistInfo, log: Callable[[str], None]) -> RunLock | None:
+    """On rank 0: refuse a folder that is not ours, then take its lock (held while training). Every rank learns
+    whether that worked, so none waits in a collective for a rank 0 that has stopped."""
+    lock, error = None, None
+    if dist.is_main:
+        try:
+            check_run_folder(run_dir, resume)
+            os.makedirs(os.path.join(run_dir, "state"), exist_ok=True)
+            lock = RunLock(run_dir, log)
+            lock.acquire()
+        except OSError as e:
+            error = e
+    if dist.broadcast_int(0 if error is None else 1):
+        if error is not None:
+            raise error
+        raise RuntimeError(f"rank 0 could not open the run folder {run_dir} (its message says why)")
+    return lock
+
+
+class _Sigint:
+    """While active (in the main thread only), Ctrl-C sets :attr:`raised` instead of raising KeyboardInterrupt, so
+    the loop can finish the step and write its checkpoint; further Ctrl-C change nothing. The previous handler is
+    put back on exit."""
+
+    def __init__(self):
+        self.raised, self._previous, self._installed = False, None, False
+
+    def _handle(self, signum, frame) -> None:
+        self.raised = True  # nothing else: a signal handler must not write to a stream the loop may be writing
+
+    def __enter__(self) -> "_Sigint":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._installed = True
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._installed:
+            signal.signal(signal.SIGINT, signal.default_int_handler if self._previous is None else self._previous)
+            self._installed = False
+
+
+def _train(model: nn.Module, data: Dataset, cfg: TrainConfig, run_dir: str, dist: DistInfo, device: torch.device,
+           resume: bool, config_dict: dict | None, callback, max_seconds: float | None,
+           log: Callable[[str], None]) -> tuple[TrainResult, bool]:
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
     is_main = dist.is_main
@@ -216,8 +303,8 @@ def _train(model: nn.Module, data: Dataset, cfg: TrainConfig, run_dir: str, dist
     model.to(device)
     metrics_path = os.path.join(run_dir, "metrics.jsonl")
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas),
-                                  weight_decay=cfg.weight_decay)
+    params = [p for p in model.parameters() if p.requires_grad]  # frozen sub-models are not parameters at all
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
     ema = EMA(model, cfg.ema_decay, cfg.ema_warmup) if is_main else None
     scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
     step = _restore(run_dir, resume, cfg, dist, device, model, ema, optimizer, scaler, log)
@@ -237,10 +324,7 @@ def _train(model: nn.Module, data: Dataset, cfg: TrainConfig, run_dir: str, dist
         loss_module = torch.compile(loss_module)
 
     order = BatchOrder(len(data.train), cfg.batch_size, cfg.seed, dist.rank, world)
-    train_tensors = {"x": data.train.to(device)}
-    if data.train_labels is not None:
-        train_tensors["y"] = data.train_labels.to(device)
-    params = [p for p in model.parameters() if p.requires_grad]
+    train_tensors = {k: v.to(device) for k, v in data.train_tensors().items()}
     max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
 
     def checkpoint(at: int) -> None:
@@ -272,11 +356,13 @@ def _train(model: nn.Module, data: Dataset, cfg: TrainConfig, run_dir: str, dist
     text_every = max(cfg.log_every, cfg.steps // 10)  # without a terminal: a log line every tenth of the run
 
     model.train()
-    loss_value = float("nan")
+    loss_value, halt = float("nan"), False
     if not resume:
         # the initial weights: the run can be replayed from them, and an unwritable folder fails before any compute
         checkpoint(0)
+    sigint = _Sigint()
     try:
+        sigint.__enter__()
         while step < cfg.steps:
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, cfg)
@@ -298,9 +384,11 @@ def _train(model: nn.Module, data: Dataset, cfg: TrainConfig, run_dir: str, dist
                 scaler.unscale_(optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
             out_of_time = max_seconds is not None and time.perf_counter() - t_start > max_seconds
-            # one collective and one host sync per step: the mean loss, the norm, and whether any rank is out of time
-            loss_sum, norm_sum, late = dist.all_sum(torch.stack([
-                step_loss, grad_norm.double(), torch.tensor(float(out_of_time), device=device).double()]))
+            # one collective and one host sync per step: the mean loss, the norm, whether any rank is out of time and
+            # whether any rank got Ctrl-C
+            loss_sum, norm_sum, late, halt = dist.all_sum(torch.stack([
+                step_loss, grad_norm.double(), torch.tensor(float(out_of_time), device=device).double(),
+                torch.tensor(float(sigint.raised), device=device).double()]))
             loss_value, norm = loss_sum / world, norm_sum / world
             if not math.isfinite(loss_value):
                 raise TrainingDiverged(_diverged_message("loss", loss_value, step, run_dir))
@@ -335,15 +423,19 @@ def _train(model: nn.Module, data: Dataset, cfg: TrainConfig, run_dir: str, dist
                     if callback is not None:
                         callback(step, model, ema, record)
                 window_loss, window_n, t_window, steps_window = 0.0, 0, now, 0
-            if step % cfg.ckpt_every == 0 or step == cfg.steps or late:
+            if halt and is_main:
+                log(f"interrupted: writing the checkpoint of step {step} (further Ctrl-C are ignored until then)")
+            if step % cfg.ckpt_every == 0 or step == cfg.steps or late or halt:
                 checkpoint(step)
-            if late:
+            if late or halt:
                 break
     finally:
+        sigint.__exit__()
         if progress is not None:
             progress.close()
     wall = time.perf_counter() - t_start
-    return TrainResult(run_dir, step, loss_value, wall, (step - start_step) / max(wall, 1e-9))
+    result = TrainResult(run_dir, step, loss_value, wall, (step - start_step) / max(wall, 1e-9))
+    return result, bool(halt) and step < cfg.steps
 
 
 def _last_good(run_dir: str) -> str:
