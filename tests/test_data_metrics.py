@@ -1,5 +1,7 @@
 """Datasets, user arrays, batch order and the two-sample metrics."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -72,10 +74,42 @@ def test_sliced_w2_closed_form_for_shifted_gaussians():
     assert sliced_wasserstein(x, x) == 0.0
 
 
-def test_mmd_and_energy_separate_distributions():
+def _replicates(fn, shift, dim, n=500, reps=8):
+    """``fn(x, y)`` for ``reps`` independent draws ``x ~ N(0, I)``, ``y ~ N(shift e_1, I)`` of ``n`` points."""
     g = torch.Generator().manual_seed(1)
-    a, b = torch.randn(2000, 2, generator=g), torch.randn(2000, 2, generator=g)
-    c = torch.randn(2000, 2, generator=g) * 1.5 + 0.5
-    for fn in (mmd_rbf, energy_distance):
-        same, diff = fn(a, b), fn(a, c)
-        assert same >= 0 and diff > 10 * same
+    m = torch.zeros(dim, dtype=torch.float64)
+    m[0] = shift
+    out = [fn(torch.randn(n, dim, generator=g, dtype=torch.float64),
+              torch.randn(n, dim, generator=g, dtype=torch.float64) + m) for _ in range(reps)]
+    return torch.tensor(out, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("shift", [0.0, 1.0])
+def test_mmd_matches_its_closed_form_for_gaussians(shift):
+    """N(0, I) vs N(m, I) in d = 2 with k_b(a, c) = exp(-|a - c|^2 / (2 b^2)): E k_b(X, X') = (b^2 / (b^2 + 2))^(d/2)
+    =: A_b and E k_b(X, Y) = A_b exp(-|m|^2 / (2 (b^2 + 2))). The V-statistic keeps the n diagonal ones of each
+    self-term, so E[MMD^2_V] = sum_b 2 / n + 2 (1 - 1/n) A_b - 2 A_b exp(-|m|^2 / (2 (b^2 + 2)))."""
+    n, d, scales = 500, 2, (0.1, 0.2, 0.5, 1.0, 2.0)
+    values = _replicates(lambda x, y: mmd_rbf(x, y, scales=scales, bandwidth=1.0), shift, d, n)
+    expected = 0.0
+    for b in scales:
+        a = (b**2 / (b**2 + 2)) ** (d / 2)
+        expected += 2 / n + 2 * (1 - 1 / n) * a - 2 * a * math.exp(-shift**2 / (2 * (b**2 + 2)))
+    se = float(values.std()) / len(values) ** 0.5
+    assert abs(float(values.mean()) - expected) < 4 * se
+    assert shift == 0 or se < 0.1 * expected  # the check has the power to see a wrong formula
+
+
+@pytest.mark.parametrize("shift", [0.0, 1.0])
+def test_energy_distance_matches_its_closed_form_for_gaussians(shift):
+    """1-D N(0, 1) vs N(m, 1): X - Y ~ N(-m, 2), so E|X - Y| = sqrt(2) sqrt(2/pi) exp(-m^2/4) + m (1 - 2 Phi(-m /
+    sqrt 2)) and E|X - X'| = 2 / sqrt(pi); the V-statistic's zero diagonals give E[ED_V] = 2 E|X - Y| - 2 (1 - 1/n)
+    2 / sqrt(pi)."""
+    n = 500
+    values = _replicates(energy_distance, shift, 1, n)
+    phi = 0.5 * (1 + math.erf(-shift / 2))  # Phi(-m / sqrt 2)
+    e_xy = math.sqrt(2) * math.sqrt(2 / math.pi) * math.exp(-shift**2 / 4) + shift * (1 - 2 * phi)
+    expected = 2 * e_xy - 2 * (1 - 1 / n) * 2 / math.sqrt(math.pi)
+    se = float(values.std()) / len(values) ** 0.5
+    assert abs(float(values.mean()) - expected) < 4 * se
+    assert shift == 0 or se < 0.1 * expected
