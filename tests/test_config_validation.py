@@ -49,7 +49,7 @@ BAD = [
     ("method.label_dropout=1.5", "1.5"), ("method.clean_fraction=2", "2"), ("method.sigma_data=NaN", "nan"),
     ("method.noise_options.p_mean=-Infinity", "-inf"),
     ("data.name=moon", "'moon'"), ("data.noise=NaN", "nan"), ("data.test_fraction=0", "0"),
-    ("data.test_fraction=1", "1"),
+    ("data.test_fraction=1", "1"), ("data.path=3", "3"), ("data.path=", "''"),
 ]
 
 
@@ -57,6 +57,7 @@ BAD = [
 PREREQUISITES = {
     "train.precision=fp16": ["train.device=cpu"],
     **{f"data.test_fraction={v}": ["data.name=digits"] for v in ("0", "1", "0.5")},
+    **{f"data.path={v}": ["data.name=array"] for v in ("3", "", "points.npy")},
 }
 
 
@@ -79,7 +80,7 @@ GOOD = [
     "train.warmup=0", "train.num_threads=0", "train.grad_accum=4", "train.seed=0", f"train.seed={2**63 - 1}",
     "sample.steps=1", "sample.n=1", "name=my run", "name=moons-edm_2", "name=", "model.num_classes=0",
     "model.dropout=0", "method.label_dropout=1", "method.noise_options.p_mean=-1.2", "data.noise=0",
-    "data.test_fraction=0.5",
+    "data.test_fraction=0.5", "data.path=points.npy",  # validate_config does not look for the file
 ]
 
 

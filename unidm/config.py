@@ -301,6 +301,9 @@ def _check_sections(cfg: RunConfig) -> None:
                 _check_number(key, value, 0, 1, low_open=True, high_open=True)
             elif section == "model" and _is_int(value) and value <= 0 and leaf not in MODEL_INTS_MAY_BE_ZERO:
                 raise ValueError(f"{key} must be an integer >= 1 (a size), got {value!r}")
+            elif section == "data" and (leaf == "path" or leaf.endswith("_path")) and (
+                    not isinstance(value, str) or not value.strip()):
+                raise ValueError(f"{key} must be the path of a file or folder, got {_show(value)}")
     from .data import DATASETS, check_data_options
 
     options = dict(cfg.data)
