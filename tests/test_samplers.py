@@ -170,3 +170,14 @@ def test_every_method_is_documented_and_aliases_resolve():
     for alias, target in ALIASES.items():
         assert resolve_method(alias) == target
     assert resolve_method("DPM++_2M") == "dpmpp_2m"
+
+
+@pytest.mark.parametrize("method", ["heun", "dpmpp_3m", "adaptive"])
+def test_sample_is_solve_x(gaussian, method):
+    """``sample`` returns the tensor that ``solve`` holds as ``x`` (one run, one implementation); asking ``sample``
+    for a result object points to ``solve``."""
+    x, grid = _x0(), karras_grid(8, 0.002, SIGMA_MAX)
+    out = sample(gaussian, x, grid, method)
+    assert isinstance(out, torch.Tensor) and torch.equal(out, solve(gaussian, x, grid, method).x)
+    with pytest.raises(TypeError, match="solve"):
+        sample(gaussian, x, grid, method, return_result=True)
