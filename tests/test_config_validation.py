@@ -104,7 +104,7 @@ def test_check_sample_hook_is_called_last():
     def refuse(s: SampleConfig) -> None:
         raise ValueError(f"sample.sampler={s.sampler!r} is not a sampler of family 'gaussian'")
 
-    with pytest.raises(ValueError, match="sample.sampler='heun'"):
+    with pytest.raises(ValueError, match="sample.sampler=None"):
         validate_config(RunConfig(), check_sample=refuse)
     with pytest.raises(ValueError, match="train.steps"):  # the generic checks come first
         validate_config(apply_overrides(RunConfig(), ["train.steps=0"]), check_sample=refuse)

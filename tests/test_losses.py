@@ -7,7 +7,7 @@ import torch
 from unidm.losses import WEIGHTINGS, DenoisingLoss
 from unidm.oracles import GaussianOracle
 from unidm.parameterization import PARAMETERIZATIONS, path_coefficients
-from unidm.processes import EDM, PROCESSES, LogNormalSigma, RectifiedFlow, UniformT, VPLinear
+from unidm.processes import EDM, LogNormalSigma, RectifiedFlow, UniformT, VPLinear
 
 
 @pytest.mark.parametrize("weighting", sorted(WEIGHTINGS))
@@ -62,23 +62,6 @@ def test_min_snr_clamps_eps_loss():
     loss = DenoisingLoss(VPLinear(), UniformT(), "min-snr", gamma=5.0)
     sigma = torch.tensor([0.1, 0.4472135955, 2.0], dtype=torch.float64)  # SNR = 100, 5, 0.25
     torch.testing.assert_close(loss.weight(sigma), torch.tensor([5.0, 5.0, 0.25], dtype=torch.float64))
-
-
-@pytest.mark.parametrize("name", ["uniform-t", "lognormal", "logit-normal"])
-def test_noise_level_distributions(name):
-    from unidm.processes import NOISE_LEVELS
-
-    p = PROCESSES["flow"]()
-    s = NOISE_LEVELS[name]().draw(p, 50_000, torch.Generator().manual_seed(0), dtype=torch.float64)
-    assert s.shape == (50_000,) and torch.all(s > 0)
-    if name == "lognormal":
-        assert abs(float(torch.log(s).mean()) + 1.2) < 0.03 and abs(float(torch.log(s).std()) - 1.2) < 0.03
-    if name == "logit-normal":
-        t = p.t_of_sigma(s)
-        assert abs(float(torch.logit(t).mean())) < 0.03
-    if name == "uniform-t":
-        t = p.t_of_sigma(s)
-        assert abs(float(t.mean()) - 0.5 * (p.t_min + p.t_max_sampling)) < 0.01
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -52,7 +52,9 @@ def test_nested_overrides_set_one_entry_and_bad_mappings_are_refused():
     assert cfg.method["noise_options"] == {"p_mean": -0.5, "p_std": 1.0}
     with pytest.raises(ValueError, match="method.process is 'edm', not a mapping"):
         apply_overrides(cfg, ["method.process.x=1"])
-    bad = apply_overrides(cfg, ["method.noise_options={p_mean: -0.8}"])  # not JSON: stays a string
+    with pytest.raises(ValueError, match="method.noise_options=.*looks like JSON"):  # malformed JSON is refused
+        apply_overrides(cfg, ["method.noise_options={p_mean: -0.8}"])
+    bad = apply_overrides(cfg, ["method.noise_options=abc"])  # a plain string where a mapping belongs
     with pytest.raises(ValueError, match="must be a mapping.*method.noise_options.NAME=VALUE"):
         build_model(bad, build_data(bad))
     bad = apply_overrides(cfg, ["method.noise_options.p_men=-0.8"])

@@ -104,11 +104,10 @@ def _read_config(path: str):
         raise FileNotFoundError(f"config file not found: {path}")
     try:
         with open(path, encoding="utf-8") as f:
-            return RunConfig.from_dict(json.load(f))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} is not a valid JSON config: {e}") from None
-    except (ValueError, TypeError) as e:
-        raise ValueError(f"{path}: {e}") from None
+            text = f.read()
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not a UTF-8 JSON config: {e}") from None
+    return RunConfig.from_json(text, source=path)
 
 
 def _load_config(source: str | None, overrides: list[str]):
@@ -400,9 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .train import CheckpointError, TrainingDiverged
+    from .train import CheckpointError, TrainingDiverged, TrainingInterrupted
 
-    interrupted = _interrupted_error()
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:
@@ -419,18 +417,12 @@ def main(argv: list[str] | None = None) -> int:
     except (TrainingDiverged, CheckpointError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 3
-    except interrupted as e:
+    except TrainingInterrupted as e:
         print(f"{prog}: {e}", file=sys.stderr)
         return 130
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; nothing was written", file=sys.stderr)
         return 130
-
-
-def _interrupted_error() -> type[BaseException]:
-    from . import train
-
-    return getattr(train, "TrainingInterrupted", KeyboardInterrupt)
 
 
 if __name__ == "__main__":

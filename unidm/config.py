@@ -34,11 +34,12 @@ __all__ = ["TrainConfig", "SampleConfig", "RunConfig", "parse_value", "apply_ove
 
 @dataclass
 class SampleConfig:
-    """Defaults for drawing samples from a trained run."""
+    """Defaults for drawing samples from a trained run. ``sampler``, ``steps`` and ``grid`` left ``None`` take the
+    family's own defaults (``GenerativeModel.default_sampling``); ``unidm train`` stores the resolved values."""
 
-    sampler: str = "heun"
-    steps: int = 32
-    grid: str = "karras"
+    sampler: str | None = None
+    steps: int | None = None
+    grid: str | None = None
     n: int = 2000
     seed: int = 0
 
@@ -276,9 +277,11 @@ def _check_train(t: TrainConfig) -> None:
 
 def _check_sample(s: SampleConfig) -> None:
     for k in ("sampler", "grid"):
-        if not isinstance(getattr(s, k), str) or not getattr(s, k):
-            raise ValueError(f"sample.{k} must be a name, got {_show(getattr(s, k))}")
-    _check_int("sample.steps", s.steps, 1)
+        if getattr(s, k) is not None and (not isinstance(getattr(s, k), str) or not getattr(s, k)):
+            raise ValueError(f"sample.{k} must be a name (or null for the family's default), got "
+                             f"{_show(getattr(s, k))}")
+    if s.steps is not None:
+        _check_int("sample.steps", s.steps, 1)
     _check_int("sample.n", s.n, 1)
     _check_int("sample.seed", s.seed, 0, SEED_LIMIT)
 

@@ -81,12 +81,11 @@ def plot_trajectory(model, data, path: str, sigmas: Sequence[float] = DEFAULT_TR
         sigmas: sigma-space levels to show (clamped to the grid).
         class_labels: ``[n]`` labels for a class-conditional model (None: its null label, or an unconditional one).
     """
-    from ..samplers import make_grid, prior_noise, sample
+    from ..samplers import make_grid, sample
 
     g = make_grid(grid, steps, model.process)
-    device = next(model.parameters()).device
-    x = prior_noise((n, *tuple(getattr(model, "data_shape", data.shape))), float(g[0]), seeds=range(seed, seed + n),
-                    device=device)
+    x = model.process.prior_sample((n, *model.data_shape), float(g[0]), seeds=range(seed, seed + n),
+                                   device=model.device)
     states: list[tuple[float, Tensor, Tensor]] = []
     prev = [x]
 
@@ -97,7 +96,7 @@ def plot_trajectory(model, data, path: str, sigmas: Sequence[float] = DEFAULT_TR
     was_training = model.training
     model.eval()
     try:
-        cond = {} if class_labels is None else {"class_labels": torch.as_tensor(class_labels, device=device).long()}
+        cond = {} if class_labels is None else {"class_labels": torch.as_tensor(class_labels, device=model.device).long()}
         sample(model.denoiser, x, g, method=sampler, callback=record, **cond)
     finally:
         model.train(was_training)

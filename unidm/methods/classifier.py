@@ -17,7 +17,7 @@ from torch.nn import functional as F
 
 from ..nn.embedding import EMBEDDINGS
 from ..parameterization import c_in, c_noise
-from ..processes import NOISE_LEVELS, PROCESSES
+from ..processes import NOISE_LEVELS, PROCESSES, build_process
 from ..utils import as_options, check_choice, check_kwargs
 from .base import TrainableModel
 
@@ -151,12 +151,12 @@ class NoisyClassifier(TrainableModel):
         check_choice(noise_levels, NOISE_LEVELS, "noise_levels")
         process_options = as_options(process_options, "method.process_options")
         noise_options = as_options(noise_options, "method.noise_options")
-        check_kwargs(PROCESSES[process], process_options, f"process_options for {process!r}")
+        check_kwargs(PROCESSES[process], process_options, f"process_options for {process!r}", exclude=("data_dim",))
         check_kwargs(NOISE_LEVELS[noise_levels], noise_options, f"noise_options for {noise_levels!r}")
         if num_classes < 2:
             raise ValueError(f"a classifier needs num_classes >= 2, got {num_classes}")
         self.net, self.sigma_data = net, float(sigma_data)
-        self.process = PROCESSES[process](**process_options)
+        self.process = build_process(process, process_options, data_dim=int(torch.tensor(self.data_shape).prod()))
         self.noise_levels = NOISE_LEVELS[noise_levels](**noise_options)
         self.clean_fraction = float(clean_fraction)
         self.precondition = bool(precondition)

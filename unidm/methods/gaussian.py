@@ -154,18 +154,14 @@ class GaussianDiffusion(DenoisingModel, SupportsLikelihood):
                    generator: torch.Generator | None = None, class_labels: Tensor | None = None, **options):
         """Per-example NLL of ``x`` through the probability-flow ODE (``"ode"``, an exact density up to the solver
         tolerance) or DDPM's ELBO (``"elbo"``, a bound); for ``num_levels`` the discrete data's, dequantized."""
-        from ..likelihood import Likelihood, elbo, log_likelihood
+        from ..likelihood import elbo, log_likelihood
 
         method = self.check_likelihood(method, options)
         cond = {} if class_labels is None else {"class_labels": class_labels}
+        estimate = elbo if method == "elbo" else log_likelihood
         with self.evaluating():
-            if method == "elbo":
-                res = elbo(self.denoiser, x, num_levels=num_levels, generator=generator, **options, **cond)
-                return Likelihood(nll=-res.elbo, bits_per_dim=res.bits_per_dim, kind="bound", nfe=float(res.nfe))
-            res = log_likelihood(self.denoiser, x, num_levels=num_levels, generator=generator, **options, **cond)
-        return Likelihood(nll=-res.log_prob, bits_per_dim=res.bits_per_dim, kind="ode", nfe=float(res.nfe),
-                          extra={"latent_scale": res.latent_scale, "sigma_min": res.sigma_min,
-                                 "sigma_max": res.sigma_max, "prior_variance": res.prior_variance})
+            return estimate(self.denoiser, x, num_levels=num_levels, generator=generator, **options,
+                            **cond).to_likelihood()
 
     @classmethod
     def from_config(cls, model_cfg: dict, method_cfg: dict, data,
