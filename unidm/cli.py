@@ -167,7 +167,7 @@ def cmd_train(args) -> int:
     from .config import validate_config
     from .evaluation.plots import plot_samples
     from .methods import FAMILIES, DenoisingModel, GenerativeModel
-    from .run import build_data, build_model, load_run
+    from .run import build_data, build_model, data_info, load_run
     from .train import train
 
     cfg, out = _train_config(args)
@@ -176,6 +176,7 @@ def cmd_train(args) -> int:
         if isinstance(cfg.method.get(key), str):
             cfg.method[key] = os.path.abspath(cfg.method[key])
     data = build_data(cfg)
+    cfg.data_info = data_info(data)
     model = build_model(cfg, data)
     if isinstance(model, GenerativeModel):  # the sampling defaults are checked (and resolved) before training
         plan = model.check_sampling(cfg.sample.sampler, cfg.sample.steps, cfg.sample.grid)
@@ -277,7 +278,10 @@ def cmd_eval(args) -> int:
     from .commands import guidance
     from .evaluation.sample_quality import evaluate_samples
 
+    from .run import require_examples
+
     run = _generative_run(args.run, args.device)
+    require_examples(run, "eval")
     s = run.config.sample
     plan = run.model.check_sampling(args.sampler or s.sampler, args.steps or s.steps, s.grid)
     # images: as many samples as training images, so the Fréchet floor is the whole training split's (no draw)

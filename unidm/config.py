@@ -53,6 +53,9 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     name: str = ""
+    #: written by ``unidm train``: what the model needs to know of the data (shape, kind, std, class counts, ...),
+    #: so a run on the user's own file loads and samples after the file is gone (:func:`unidm.run.load_run`)
+    data_info: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -75,7 +78,7 @@ class RunConfig:
             raise ValueError(f"a config must be a mapping of sections (a JSON object), got {type(d).__name__}")
         d = dict(d)
         _check_keys(d, [f.name for f in dataclasses.fields(cls)], "config section")
-        for k in ("data", "model", "method", "train", "sample"):
+        for k in ("data", "model", "method", "train", "sample", "data_info"):
             if k in d and (d[k] is not None or k in ("data", "model", "method")) and not isinstance(d[k], dict):
                 raise ValueError(f"config section {k!r} must be a mapping, got {type(d[k]).__name__} {d[k]!r}")
         train = dict(d.pop("train", {}) or {})

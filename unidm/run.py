@@ -14,7 +14,8 @@ from .methods import FAMILIES, TrainableModel
 from .train.checkpoint import CheckpointError, latest_checkpoint, load_safetensors
 from .utils import check_choice
 
-__all__ = ["Run", "build_data", "build_model", "load_run", "load_weights"]
+__all__ = ["Run", "StoredData", "build_data", "build_model", "data_info", "load_run", "load_weights",
+           "require_examples"]
 
 
 def build_data(cfg: RunConfig) -> Dataset:
@@ -22,6 +23,54 @@ def build_data(cfg: RunConfig) -> Dataset:
     if "name" not in opts:
         raise ValueError("data section needs a name, e.g. data.name=moons")
     return build_dataset(opts.pop("name"), **opts)
+
+
+def data_info(data: Dataset) -> dict:
+    """What a model needs to know of its data, as JSON: kind, per-example shape, standard deviation (for
+    ``sigma_data = "auto"``), classes with their training counts (the stratified labels of ``Dataset.draw_labels``
+    depend on the counts alone), vocabulary, levels and split sizes. ``unidm train`` stores it in ``config.json``."""
+    info = {"kind": data.kind, "shape": list(data.shape), "std": data.std, "num_classes": data.num_classes,
+            "vocab_size": data.vocab_size, "n_train": len(data.train), "n_test": len(data.test),
+            "dtype": str(data.train.dtype).replace("torch.", "")}
+    if data.train_labels is not None and data.num_classes:
+        info["class_counts"] = torch.bincount(data.train_labels.long().flatten(), minlength=data.num_classes).tolist()
+    if data.meta.get("levels") is not None:
+        info["levels"] = int(data.meta["levels"])
+    return info
+
+
+@dataclass
+class StoredData(Dataset):
+    """A run's data known only from its stored :func:`data_info`, for sampling when the data file is gone: no
+    examples (``train`` and ``test`` are empty), but the shape, kind, standard deviation and class counts the model
+    and its samplers use. ``meta["missing"]`` says what is missing, for the commands that need the examples."""
+
+    stored_std: float = 1.0
+
+    @property
+    def std(self) -> float:
+        return self.stored_std
+
+    @classmethod
+    def from_info(cls, name: str, info: dict, missing: str) -> "StoredData":
+        dtype = getattr(torch, info.get("dtype", "float32"))
+        empty = torch.zeros((0, *info["shape"]), dtype=dtype)
+        labels = None
+        if info.get("class_counts"):
+            counts = torch.tensor(info["class_counts"])
+            labels = torch.arange(len(counts)).repeat_interleave(counts)
+        meta = {"missing": missing}
+        if info.get("levels") is not None:
+            meta["levels"] = info["levels"]
+        return cls(name, empty, empty.clone(), kind=info["kind"], train_labels=labels, num_classes=info["num_classes"],
+                   vocab_size=info["vocab_size"], meta=meta, stored_std=float(info["std"]))
+
+
+def require_examples(run: "Run", what: str) -> None:
+    """Refuse ``what`` (e.g. "eval") for a run whose data file is gone, naming the file."""
+    missing = run.data.meta.get("missing")
+    if missing:
+        raise FileNotFoundError(f"{what} needs the run's data, and {missing}; put the file back at that path")
 
 
 def build_model(cfg: RunConfig, data: Dataset) -> TrainableModel:
@@ -79,7 +128,12 @@ def load_run(path: str, device: str | torch.device = "cpu", weights: str = "ema"
             cfg = RunConfig.from_dict(json.load(f))
         except json.JSONDecodeError as e:
             raise CheckpointError(f"{cfg_path} is not valid JSON: {e}") from e
-    data = build_data(cfg)
+    try:
+        data = build_data(cfg)
+    except FileNotFoundError as e:
+        if not cfg.data_info:
+            raise
+        data = StoredData.from_info(cfg.data.get("name", "data"), cfg.data_info, str(e))
     model = build_model(cfg, data)
     state, step = None, -1
     wpath = os.path.join(path, "model.safetensors")

@@ -92,7 +92,7 @@ def evaluate(model, x: Tensor, method: str, options: dict, levels: int | None, b
 
 def run(args: argparse.Namespace) -> int:
     from ..methods import SupportsLikelihood
-    from ..run import load_run
+    from ..run import load_run, require_examples
 
     t0 = time.perf_counter()
     loaded = load_run(args.run, device=args.device, weights=args.weights)
@@ -100,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
     if not isinstance(model, SupportsLikelihood):
         raise ValueError(f"{args.run} is a {loaded.config.family!r} run, and that family has no likelihood "
                          "(families with one: Gaussian diffusion/flow, masked diffusion, density models)")
+    require_examples(loaded, "likelihood")
     options = _options(args)
     method = model.check_likelihood(args.method, options)
     methods = [method]

@@ -152,7 +152,8 @@ class BlurDiffusion(GenerativeModel):
                    "image_size": data.shape[-1], "num_classes": 0}
         net = build_network(arch, derived, **model)
         obj = cls(net, data.shape, **method)
-        obj.fit_prior(data.train)
+        if len(data.train):  # (a run loaded without its data keeps the fitted prior in its weights)
+            obj.fit_prior(data.train)
         return obj
 
 
