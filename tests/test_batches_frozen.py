@@ -96,6 +96,14 @@ def _losses(run_dir):
         return [(r["step"], r["loss"]) for r in map(json.loads, f)]
 
 
+def _count_lines(path):
+    """Whole lines in ``path`` so far (0 while it does not exist)."""
+    if not os.path.exists(path):
+        return 0
+    with open(path) as f:
+        return f.read().count("\n")
+
+
 # --- batches ------------------------------------------------------------------------------------------------------
 
 def test_batch_holds_every_training_tensor_and_extras_are_checked():
@@ -264,7 +272,7 @@ def test_two_processes_with_paired_data_killed_and_resumed_match_an_uninterrupte
     proc = _torchrun(script, run, "fresh", {"UNIDM_FAULT_SLEEP": "step=0.04"})
     metrics, kill_after = os.path.join(run, "metrics.jsonl"), rng.randint(1, 14)
     t0 = time.monotonic()
-    while not (os.path.exists(metrics) and len(open(metrics).readlines()) >= kill_after):
+    while _count_lines(metrics) < kill_after:
         assert proc.poll() is None, proc.stdout.read()[-3000:]
         assert time.monotonic() - t0 < 120, "timed out waiting for the training processes"
         time.sleep(0.005)

@@ -15,7 +15,7 @@ import time
 import pytest
 import torch
 
-from test_batches_frozen import build_model, paired_data, train_config
+from test_batches_frozen import _count_lines, build_model, paired_data, train_config
 from unidm.train import (RunLock, RunLocked, TrainingDiverged, TrainingInterrupted, list_checkpoints,
                          load_checkpoint, param_digest, train, verify_checkpoint)
 from unidm.train.checkpoint import checkpoint_path, clean_temporaries, temporary_name
@@ -113,7 +113,8 @@ def test_a_second_writer_is_refused_naming_the_holder(tmp_path):
     run = str(tmp_path / "run")
     cfg, data = train_config(steps=2), paired_data()
     with RunLock(run):
-        holder = json.loads(open(os.path.join(run, LOCK_NAME)).read())
+        with open(os.path.join(run, LOCK_NAME)) as f:
+            holder = json.load(f)
         assert holder["pid"] == os.getpid() and holder["host"] == socket.gethostname()
         with pytest.raises(RunLocked, match=f"in use by another training process \\(pid {os.getpid()},"):
             train(build_model(), data, cfg, run, **QUIET)
@@ -174,7 +175,7 @@ SCRIPT = textwrap.dedent("""
     sys.path.insert(0, {here!r})
     import torch
     torch.set_num_threads(1)
-    from test_batches_frozen import build_model, paired_data, train_config
+    from test_batches_frozen import _count_lines, build_model, paired_data, train_config
     from unidm.train import TrainingInterrupted, train
 
     try:
@@ -195,7 +196,7 @@ def test_ctrl_c_writes_the_checkpoint_of_the_step_reached_and_resumes_bitwise(tm
     proc = subprocess.Popen([sys.executable, script, run], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     metrics, t0 = os.path.join(run, "metrics.jsonl"), time.monotonic()
-    while not (os.path.exists(metrics) and len(open(metrics).readlines()) >= 5):
+    while _count_lines(metrics) < 5:
         assert proc.poll() is None, proc.stderr.read()[-3000:]
         assert time.monotonic() - t0 < 120, "timed out waiting for the training process"
         time.sleep(0.005)

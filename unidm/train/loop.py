@@ -282,7 +282,8 @@ class _Sigint:
         self.raised = True  # nothing else: a signal handler must not write to a stream the loop may be writing
 
     def __enter__(self) -> "_Sigint":
-        if threading.current_thread() is threading.main_thread():
+        # not in other threads (Python allows handlers only in the main one), nor where SIGINT is ignored
+        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) != signal.SIG_IGN:
             self._previous = signal.signal(signal.SIGINT, self._handle)
             self._installed = True
         return self

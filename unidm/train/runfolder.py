@@ -39,7 +39,7 @@ def is_run_folder(run_dir: str) -> bool:
     """Whether ``run_dir`` is a unidm run: it has a ``state/`` folder holding a checkpoint, or nothing but what our
     writers put there. (Our own lock and temporaries alone, e.g. a run killed while starting, also count.)"""
     state = os.path.join(run_dir, "state")
-    if os.path.isdir(state) and not os.path.islink(state):
+    if os.path.isdir(state):
         names = os.listdir(state)
         return any(_STEP_DIR.match(n) for n in names) or all(_ours(n, "state") for n in names)
     return all(_ours(n, "run") for n in os.listdir(run_dir))
