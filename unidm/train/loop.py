@@ -216,6 +216,7 @@ def train(
         config_dict: the resolved run config, written to ``config.json``.
         callback: called as ``callback(step, model, ema, record)`` at every log interval (rank 0).
         max_seconds: stop (with a checkpoint) after this much training time.
+
     The batches are :meth:`Dataset.train_tensors <unidm.data.Dataset.train_tensors>` (``"x"``, ``"y"``, the
     dataset's extras) cut by the same indices. Only ``model.parameters()`` that require gradients are optimized;
     frozen sub-models (:meth:`~unidm.methods.base.TrainableModel.add_frozen`) are in no checkpoint.
