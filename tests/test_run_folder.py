@@ -76,11 +76,14 @@ def test_which_folders_a_run_may_use(tmp_path):
     with pytest.raises(FileNotFoundError, match="no whole checkpoint"):
         train(build_model(), data, cfg, str(tmp_path / "nothing"), resume=True, **QUIET)
     assert not os.path.exists(tmp_path / "nothing")
-    # a run killed while starting (only our lock and state/ are there) may start again
+    # a run killed while starting (only our lock, state/ and a log are there) may start again, with a new log
     started = tmp_path / "started"
     (started / "state").mkdir(parents=True)
     (started / LOCK_NAME).write_text(json.dumps({"pid": _dead_pid(), "host": socket.gethostname(), "started": 0}))
+    (started / "metrics.jsonl").write_text('{"step": 1, "loss": 9.0}\n')
     assert train(build_model(), data, cfg, str(started), **QUIET).step == 2
+    with open(started / "metrics.jsonl") as f:
+        assert [json.loads(ln)["step"] for ln in f] == [1, 2]
 
 
 def test_only_our_own_temporaries_are_deleted(tmp_path):

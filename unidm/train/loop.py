@@ -312,9 +312,9 @@ def _train(model: nn.Module, data: Dataset, cfg: TrainConfig, run_dir: str, dist
     step = _restore(run_dir, resume, cfg, dist, device, model, ema, optimizer, scaler, log)
     if is_main:
         os.makedirs(run_dir, exist_ok=True)
-        clean_temporaries(run_dir)  # what a killed write left behind; nobody else writes here yet
+        clean_temporaries(run_dir)  # what a killed write left behind; we hold the lock, nobody else writes here
+        _truncate_metrics(metrics_path, step)  # a fresh run (step 0) in a run folder of ours starts a new log
         if resume:
-            _truncate_metrics(metrics_path, step)
             export_weights(run_dir, model, ema, step)  # a kill may have landed between checkpoint and export
         if config_dict is not None:
             atomic_write_bytes(os.path.join(run_dir, "config.json"),
