@@ -6,7 +6,6 @@ MLP attached with ``add_frozen`` and ``z`` a second per-example tensor paired wi
 coupling). The two-process test imports this module from its ``torchrun`` workers.
 """
 
-import json
 import os
 import random
 import signal
@@ -21,6 +20,7 @@ import torch.distributed as dist
 from safetensors import safe_open
 from torch import nn
 
+from _checks import logged_losses, same_checkpoints
 from unidm.data import BatchOrder, Dataset
 from unidm.methods.base import TrainableModel
 from unidm.train import EMA, TrainConfig, list_checkpoints, load_checkpoint, param_digest, train
@@ -76,24 +76,6 @@ def train_config(**kw) -> TrainConfig:
 
 def _final(run_dir):
     return load_checkpoint(list_checkpoints(run_dir)[-1])
-
-
-def _same(a, b):
-    """Bitwise-equal weights, EMA, optimizer tensors and rank digests of two checkpoints."""
-    assert a.step == b.step
-    assert param_digest(a.model) == param_digest(b.model)
-    assert param_digest(a.ema) == param_digest(b.ema)
-    assert a.extra["param_digests"] == b.extra["param_digests"]
-    sa, sb = a.optimizer["state"], b.optimizer["state"]
-    assert sa.keys() == sb.keys()
-    for i in sa:
-        for k in sa[i]:
-            assert torch.equal(sa[i][k], sb[i][k]), (i, k)
-
-
-def _losses(run_dir):
-    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        return [(r["step"], r["loss"]) for r in map(json.loads, f)]
 
 
 def _count_lines(path):
@@ -212,8 +194,8 @@ def test_resume_with_a_frozen_teacher_is_bitwise(tmp_path):
     model = build_model(student_seed=123)  # the student comes from the checkpoint, the teacher from its own seed
     teacher_digest = param_digest(model.teacher.state_dict())
     assert train(model, data, cfg, run, resume=True, **QUIET).step == 12
-    _same(_final(run), _final(ref))
-    assert _losses(run) == _losses(ref)
+    same_checkpoints(_final(run), _final(ref))
+    assert logged_losses(run) == logged_losses(ref)
     assert param_digest(model.teacher.state_dict()) == teacher_digest
 
 
@@ -292,6 +274,6 @@ def test_two_processes_with_paired_data_killed_and_resumed_match_an_uninterrupte
     assert not os.path.exists(os.path.join(run, LOCK_NAME))
     a, b = _final(run), _final(ref)
     assert a.step == 20 and a.extra["world_size"] == 2
-    _same(a, b)
-    assert _losses(run) == _losses(ref) and [s for s, _ in _losses(run)] == list(range(1, 21))
+    same_checkpoints(a, b)
+    assert logged_losses(run) == logged_losses(ref) and [s for s, _ in logged_losses(run)] == list(range(1, 21))
 

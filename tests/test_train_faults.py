@@ -14,6 +14,7 @@ import time
 import pytest
 import torch
 
+from _checks import logged_losses, same_checkpoints
 from unidm.config import RunConfig, apply_overrides
 from unidm.presets import get_preset
 from unidm.run import build_data, build_model
@@ -36,23 +37,6 @@ def _build(*overrides, seed=0):
 
 def _final(run_dir):
     return load_checkpoint(list_checkpoints(run_dir)[-1])
-
-
-def _same(a, b):
-    """Bitwise-equal weights, EMA and optimizer tensors of two checkpoints."""
-    assert a.step == b.step
-    assert param_digest(a.model) == param_digest(b.model)
-    assert param_digest(a.ema) == param_digest(b.ema)
-    sa, sb = a.optimizer["state"], b.optimizer["state"]
-    assert sa.keys() == sb.keys()
-    for i in sa:
-        for k in sa[i]:
-            assert torch.equal(sa[i][k], sb[i][k]), (i, k)
-
-
-def _losses(run_dir):
-    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        return [(r["step"], r["loss"]) for r in map(json.loads, f)]
 
 
 def _wait_for(predicate, proc, timeout=120.0):
@@ -110,8 +94,8 @@ def test_sigkill_during_steps_and_during_a_checkpoint_write_then_resume_is_bitwi
     train(build_model(cfg, data), data, cfg.train, run, resume=True, **QUIET)
     train(build_model(cfg, data), data, cfg.train, init, resume=True, **QUIET)
     assert not any(n.startswith((".unidm-tmp", ".tmp")) for n in os.listdir(state))
-    _same(_final(run), _final(init))
-    assert _losses(run) == _losses(init) and [s for s, _ in _losses(run)] == list(range(1, 41))
+    same_checkpoints(_final(run), _final(init))
+    assert logged_losses(run) == logged_losses(init) and [s for s, _ in logged_losses(run)] == list(range(1, 41))
 
 
 def test_resume_after_a_normal_stop_and_after_the_end(tmp_path):
@@ -125,7 +109,7 @@ def test_resume_after_a_normal_stop_and_after_the_end(tmp_path):
     assert stopped.step == 1 and _final(run).step == 1
     cfg, data, model = _build("train.steps=20", "train.ckpt_every=10", seed=123)  # init is overwritten by resume
     assert train(model, data, cfg.train, run, resume=True, **QUIET).step == 20
-    _same(_final(run), _final(ref))
+    same_checkpoints(_final(run), _final(ref))
     before = param_digest(_final(run).model)
     assert train(model, data, cfg.train, run, resume=True, **QUIET).step == 20  # nothing left to do
     assert param_digest(_final(run).model) == before
@@ -205,7 +189,7 @@ def test_batch_must_split_into_world_size_times_grad_accum_shards(tmp_path):
         train(model, data, cfg.train, str(tmp_path / "r"), **QUIET)
 
 
-def test_gradient_accumulation_equals_one_big_batch_for_the_same_per_example_losses(tmp_path):
+def test_gradient_accumulation_equals_one_big_batch_for_the_same_per_examplelogged_losses(tmp_path):
     """With noise fixed per example, 2 accumulated micro-batches and 1 whole batch give the same training (the
     real noise is fixed per shard instead, so there the equal pairs are (processes x micro-batches) with the same
     product: see test_distributed.py)."""
@@ -223,7 +207,7 @@ def test_gradient_accumulation_equals_one_big_batch_for_the_same_per_example_los
         finals.append(_final(str(tmp_path / f"a{accum}")))
     for k, v in finals[0].model.items():
         torch.testing.assert_close(finals[1].model[k], v, rtol=1e-5, atol=1e-6)
-    l1, l2 = _losses(str(tmp_path / "a1")), _losses(str(tmp_path / "a2"))
+    l1, l2 = logged_losses(str(tmp_path / "a1")), logged_losses(str(tmp_path / "a2"))
     assert [s for s, _ in l1] == [s for s, _ in l2]
     torch.testing.assert_close(torch.tensor([x for _, x in l2]), torch.tensor([x for _, x in l1]), rtol=1e-5,
                                atol=1e-7)
