@@ -132,6 +132,7 @@ def _reached_step(run_dir: str) -> int:
 def _train_config(args):
     """The resolved, validated config and the run folder of ``unidm train``; nothing is written here."""
     from .config import apply_overrides, check_resume, resolve_data_paths, safe_run_name
+    from .train.runfolder import check_run_folder  # (train checks again under its lock; this is before any work)
 
     source, overrides = None, []
     for item in args.items:
@@ -147,6 +148,7 @@ def _train_config(args):
         stored_path = os.path.join(args.out, "config.json")
         if not os.path.isfile(stored_path):
             raise FileNotFoundError(f"--resume: {args.out} is not a run folder (no config.json); nothing to resume")
+        check_run_folder(args.out, resume=True)
         stored = resolve_data_paths(_read_config(stored_path))
         cfg = apply_overrides(stored, overrides) if source is None else _load_config(source, overrides)
         if args.device:
@@ -158,7 +160,9 @@ def _train_config(args):
     cfg = _load_config(source, overrides)
     if args.device:
         cfg.train.device = args.device
-    return resolve_data_paths(cfg), args.out or os.path.join("runs", safe_run_name(cfg.name or "run"))
+    out = args.out or os.path.join("runs", safe_run_name(cfg.name or "run"))
+    check_run_folder(out, resume=False)
+    return resolve_data_paths(cfg), out
 
 
 def cmd_train(args) -> int:
@@ -333,6 +337,16 @@ def _print_eval(report: dict) -> None:
 
 
 # ------------------------------------------------------------------------------------------------------ parser
+class _HelpFormatter(argparse.HelpFormatter):
+    """Each option's default once, after its help, where it has a real one."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.option_strings and action.default not in (None, False, argparse.SUPPRESS):
+            text += " (default: %(default)s)"
+        return text
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with a one-line error (exit code 2) that points at ``--help``."""
 
@@ -343,7 +357,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     from .commands import guidance, likelihood
 
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = _HelpFormatter
     p = _Parser(prog="unidm", description="Diffusion and flow models on one denoiser contract.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 

@@ -108,7 +108,11 @@ class Run:
 def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str, target: str) -> None:
     """Load ``state`` into ``model``; a state that does not match it key for key is refused with
     ``CheckpointError`` naming ``source`` (where the weights came from) and ``target`` (what they were meant for)."""
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shapes that differ: the config no longer describes these weights
+        first = str(e).strip().splitlines()[-1].strip()
+        raise CheckpointError(f"{source} does not match {target}: {first}") from None
     if missing or unexpected:
         raise CheckpointError(f"{source} does not match {target}: missing {missing[:4]}, unexpected {unexpected[:4]}")
 
@@ -134,7 +138,10 @@ def load_run(path: str, device: str | torch.device = "cpu", weights: str = "ema"
         if not cfg.data_info:
             raise
         data = StoredData.from_info(cfg.data.get("name", "data"), cfg.data_info, str(e))
-    model = build_model(cfg, data)
+    try:
+        model = build_model(cfg, data)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{cfg_path} does not build a model: {e}") from None
     state, step = None, -1
     wpath = os.path.join(path, "model.safetensors")
     try:

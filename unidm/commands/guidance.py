@@ -144,8 +144,8 @@ def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
                         help="guidance weight w: 0 unconditional, 1 conditional, >1 stronger (Ho & Salimans' "
                              "w is W - 1)")
     parser.add_argument("--classifier", metavar="DIR", help="noise-conditional classifier run (--guidance classifier)")
-    parser.add_argument("--sigma-lo", type=float, default=0.0, help="guidance interval, lower sigma (default 0)")
-    parser.add_argument("--sigma-hi", type=float, default=math.inf, help="guidance interval, upper sigma (default inf)")
+    parser.add_argument("--sigma-lo", type=float, default=0.0, help="guidance interval, lower sigma")
+    parser.add_argument("--sigma-hi", type=float, default=math.inf, help="guidance interval, upper sigma")
     parser.add_argument("--rescale", type=float, default=0.0, help="CFG rescale phi in [0, 1] (Lin et al. 2024)")
 
 

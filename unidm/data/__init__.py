@@ -23,8 +23,15 @@ __all__ = ["Dataset", "BatchOrder", "DATASETS", "build_dataset", "check_data_opt
            "mixture_dataset", "array_dataset", "load_array", "make_toy", "make_mixture", "seed_for"]
 
 
+def _check_sizes(n_train, n_test) -> None:
+    for key, value in (("data.n_train", n_train), ("data.n_test", n_test)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{key} must be a whole number >= 1, got {value!r}")
+
+
 def toy_dataset(name: str, n_train: int = 50_000, n_test: int = 10_000, noise: float = 0.05, seed: int = 0) -> Dataset:
     """A 2-D toy with independent train and held-out draws (different generator seeds)."""
+    _check_sizes(n_train, n_test)
     train = torch.from_numpy(make_toy(name, n_train, seed_for(seed, name, "train") % 2**31, noise))
     test = torch.from_numpy(make_toy(name, n_test, seed_for(seed, name, "test") % 2**31, noise))
     def resample(n: int, draw_seed: int) -> torch.Tensor:
@@ -35,6 +42,7 @@ def toy_dataset(name: str, n_train: int = 50_000, n_test: int = 10_000, noise: f
 
 def mixture_dataset(name: str, n_train: int = 50_000, n_test: int = 10_000, seed: int = 0) -> Dataset:
     """Samples of an analytic Gaussian mixture; ``meta["oracle"]`` holds its exact density and denoiser."""
+    _check_sizes(n_train, n_test)
     oracle = make_mixture(name)
     train, ytr = oracle.sample(n_train, generator=torch.Generator().manual_seed(seed_for(seed, name, "train")),
                                return_labels=True)

@@ -31,7 +31,16 @@ from ..rng import Generators, rand, seed_generators
 from ..utils import check_choice
 
 __all__ = ["TrainableModel", "GenerativeModel", "SupportsLikelihood", "DenoisingModel", "DensityModel",
-           "SamplingPlan", "check_option_values"]
+           "SamplingPlan", "check_option_values", "check_positive"]
+
+
+def check_positive(value: Any, key: str) -> float:
+    """``value`` as a float when it is a finite number > 0; else one line naming ``key``."""
+    import math
+
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{key} must be a finite number > 0, got {value!r}")
+    return float(value)
 
 
 class TrainableModel(nn.Module):

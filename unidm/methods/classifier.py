@@ -19,7 +19,7 @@ from ..nn.embedding import EMBEDDINGS
 from ..parameterization import c_in, c_noise
 from ..processes import NOISE_LEVELS, PROCESSES, build_process
 from ..utils import as_options, check_choice, check_kwargs
-from .base import TrainableModel
+from .base import TrainableModel, check_positive
 
 __all__ = ["NoisyClassifier", "ClassifierMLP", "ClassifierConvNet", "CLASSIFIER_NETWORKS", "CLASSIFIER_FAMILIES"]
 
@@ -147,6 +147,7 @@ class NoisyClassifier(TrainableModel):
                  sigma_data: float = 0.5, process_options: dict | None = None, noise_options: dict | None = None,
                  clean_fraction: float = 0.0, precondition: bool = True, data_shape: Sequence[int] = (2,)):
         super().__init__(data_shape, num_classes)
+        check_positive(sigma_data, "method.sigma_data")
         check_choice(process, PROCESSES, "process")
         check_choice(noise_levels, NOISE_LEVELS, "noise_levels")
         process_options = as_options(process_options, "method.process_options")

@@ -17,7 +17,7 @@ from ..parameterization import PARAMETERIZATIONS
 from ..processes import NOISE_LEVELS, PROCESSES, VPDiscrete, build_process
 from ..samplers import ALIASES, GRIDS, METHODS, check_sampler, make_grid, sample
 from ..utils import as_options, check_choice, check_kwargs
-from .base import DenoisingModel, SupportsLikelihood, TrainableModel
+from .base import DenoisingModel, SupportsLikelihood, TrainableModel, check_positive
 
 __all__ = ["GaussianDiffusion"]
 
@@ -72,6 +72,7 @@ class GaussianDiffusion(DenoisingModel, SupportsLikelihood):
         label_dropout: float = 0.0,
     ):
         super().__init__(data_shape, num_classes)
+        check_positive(sigma_data, "method.sigma_data")
         check_choice(process, PROCESSES, "process")
         check_choice(parameterization, PARAMETERIZATIONS, "parameterization")
         check_choice(noise_levels, NOISE_LEVELS, "noise_levels")

@@ -20,7 +20,8 @@ DEFAULT_PRESET = "moons-edm"
 
 def get_preset(name: str) -> RunConfig:
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; run `unidm presets` to list them (e.g. {DEFAULT_PRESET})")
+        raise ValueError(f"unknown preset {name!r}; valid: {', '.join(sorted(PRESETS))} (`unidm presets` describes "
+                         "them), or the path of a config.json")
     d = copy.deepcopy(PRESETS[name])
     d["name"] = name
     return RunConfig.from_dict(d)

@@ -42,6 +42,8 @@ class LogNormalSigma(NoiseLevels):
     name = "lognormal"
 
     def __init__(self, p_mean: float = -1.2, p_std: float = 1.2):
+        if not p_std > 0:
+            raise ValueError(f"noise_options.p_std (the standard deviation of log sigma) must be > 0, got {p_std!r}")
         self.p_mean, self.p_std = p_mean, p_std
 
     def draw(self, process, n, generator=None, device=None, dtype=None):

@@ -448,4 +448,5 @@ def _last_good(run_dir: str) -> str:
 
 def _diverged_message(what: str, value: float, step: int, run_dir: str) -> str:
     return (f"training stopped: the {what} became {value} in step {step + 1} (after {step} good steps); "
-            f"{_last_good(run_dir)}. Lower train.lr, raise train.warmup or set train.grad_clip before resuming.")
+            f"{_last_good(run_dir)}. To change train.lr, train.warmup or train.grad_clip, start a new run in "
+            "another folder (--resume continues with the run's own settings).")
