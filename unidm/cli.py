@@ -84,13 +84,13 @@ def _is_rank0() -> bool:
 
 # ----------------------------------------------------------------------------------------------------- presets
 def cmd_presets(args) -> int:
-    from .presets import DEFAULT_PRESET, PRESETS
+    from .presets import DEFAULT_PRESET, PRESETS, get_preset
 
-    for name, d in PRESETS.items():
-        method = d.get("method", {})
-        what = method.get("process", d.get("family", ""))
+    for name in PRESETS:
+        cfg = get_preset(name)
+        what = cfg.method.get("process", cfg.family)
         mark = "  (default)" if name == DEFAULT_PRESET else ""
-        print(f"{name:28s} family={d.get('family', 'gaussian'):10s} data={d['data']['name']:14s} {what}{mark}")
+        print(f"{name:28s} family={cfg.family:10s} data={cfg.data['name']:14s} {what}{mark}")
     return 0
 
 
