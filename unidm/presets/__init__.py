@@ -8,11 +8,12 @@ from ..config import RunConfig
 from .discrete import PRESETS as _DISCRETE
 from .guidance import PRESETS as _GUIDANCE
 from .images import PRESETS as _IMAGES
+from .pfgm import PRESETS as _PFGM
 from .toy import PRESETS as _TOY
 
 __all__ = ["PRESETS", "DEFAULT_PRESET", "get_preset"]
 
-PRESETS: dict[str, dict] = {**_TOY, **_IMAGES, **_DISCRETE, **_GUIDANCE}
+PRESETS: dict[str, dict] = {**_TOY, **_IMAGES, **_DISCRETE, **_GUIDANCE, **_PFGM}
 
 #: what `unidm train` runs with no preset named
 DEFAULT_PRESET = "moons-edm"
