@@ -23,8 +23,9 @@ __all__ = ["GaussianDiffusion"]
 
 #: options of the probability-flow ODE likelihood (:func:`unidm.likelihood.log_likelihood`)
 ODE_OPTIONS = ["sigma_min", "sigma_max", "prior_variance", "hutchinson", "probe", "rtol", "atol"]
-#: options of DDPM's ELBO (:func:`unidm.likelihood.elbo`)
-ELBO_OPTIONS = ["variance", "num_terms"]
+#: options of DDPM's ELBO (:func:`unidm.likelihood.elbo`) and of its K-step form with any reverse variance
+#: (:func:`unidm.likelihood.kstep_elbo`: ``steps``, ``trajectory``, ``gamma``, ``eta``, ``data_range``)
+ELBO_OPTIONS = ["variance", "num_terms", "steps", "trajectory", "gamma", "eta", "data_range"]
 
 
 class GaussianDiffusion(DenoisingModel, SupportsLikelihood):
@@ -103,6 +104,10 @@ class GaussianDiffusion(DenoisingModel, SupportsLikelihood):
                        options: Mapping[str, Any] | None = None):
         plan = super().check_sampling(sampler, steps, grid, options)
         check_sampler(plan.sampler, self.process, **plan.options)
+        if "variance" in plan.options:  # ddpm / ddim: Analytic-DPM's variance needs a Gaussian kernel
+            from ..samplers.variance import check_variance
+
+            check_variance(plan.options["variance"], self.process, plan.options.get("gamma"))
         return plan
 
     @torch.no_grad()
@@ -154,12 +159,28 @@ class GaussianDiffusion(DenoisingModel, SupportsLikelihood):
     def likelihood(self, x: Tensor, *, method: str | None = None, num_levels: int | None = None,
                    generator: torch.Generator | None = None, class_labels: Tensor | None = None, **options):
         """Per-example NLL of ``x`` through the probability-flow ODE (``"ode"``, an exact density up to the solver
-        tolerance) or DDPM's ELBO (``"elbo"``, a bound); for ``num_levels`` the discrete data's, dequantized."""
-        from ..likelihood import elbo, log_likelihood
+        tolerance) or DDPM's ELBO (``"elbo"``, a bound); for ``num_levels`` the discrete data's, dequantized.
+
+        The ELBO over all ``T`` steps with ``variance`` ``beta`` (the default) or ``beta_tilde`` is
+        :func:`unidm.likelihood.elbo`; with ``steps=K``, ``trajectory`` (``even``, ``quadratic``, ``dp``), ``eta``,
+        or ``variance="analytic"`` (Analytic-DPM; needs ``gamma``, :func:`unidm.likelihood.gamma_statistics` over
+        the training data) it is :func:`unidm.likelihood.kstep_elbo`."""
+        from ..likelihood import elbo, kstep_elbo, log_likelihood
+        from ..likelihood.variance import ELBO_STEP_OPTIONS
 
         method = self.check_likelihood(method, options)
         cond = {} if class_labels is None else {"class_labels": class_labels}
         estimate = elbo if method == "elbo" else log_likelihood
+        if method == "elbo" and (any(k in options for k in ELBO_STEP_OPTIONS)
+                                 or str(options.get("variance", "beta")).replace("-", "_") not in ("beta",
+                                                                                                    "beta_tilde")):
+            if "num_terms" in options:
+                raise ValueError("num_terms (a stratified estimate of the full T-step sum) does not combine with "
+                                 "steps, trajectory, eta, gamma or variance='analytic'")
+            options = {"variance": "beta", **options}
+            estimate = kstep_elbo
+        elif method == "elbo" and "variance" in options:
+            options = {**options, "variance": str(options["variance"]).replace("-", "_")}
         with self.evaluating():
             return estimate(self.denoiser, x, num_levels=num_levels, generator=generator, **options,
                             **cond).to_likelihood()

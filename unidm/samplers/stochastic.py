@@ -12,8 +12,10 @@ from torch import Tensor
 from ..denoiser import DenoiserFn
 from .base import Callback, Generator, denoise, randn_like, report, sigma_list, to_d
 from .ode import sample_heun
+from .variance import GammaFn, check_variance, reverse_kernel
 
-__all__ = ["sample_ddim", "sample_ddpm", "sample_edm", "sample_euler_maruyama", "sample_pc", "ancestral_step"]
+__all__ = ["sample_ddim", "sample_ddpm", "sample_edm", "sample_euler_maruyama", "sample_pc", "ancestral_step",
+           "variance_step"]
 
 
 def ancestral_step(x: Tensor, denoised: Tensor, sigma: float, sigma_next: float, eta: float,
@@ -32,31 +34,79 @@ def ancestral_step(x: Tensor, denoised: Tensor, sigma: float, sigma_next: float,
     return x
 
 
+def variance_step(x: Tensor, denoised: Tensor, sigma: float, sigma_next: float, eta: float, variance: str,
+                  gamma: GammaFn | None, data_range: float | None, generator: Generator, s_noise: float = 1.0,
+                  max_std: float | None = None) -> Tensor:
+    """:func:`ancestral_step` with the reverse variance of :func:`unidm.samplers.variance.reverse_kernel`
+    (``beta-tilde``, ``beta`` or Analytic-DPM's ``analytic``): the same mean ``D + (sigma_down / sigma)(x - D)``,
+    noise of standard deviation ``sqrt(v)`` (at most ``max_std`` when given). A step to ``sigma_next = 0`` is
+    ``D``."""
+    if sigma_next == 0:
+        return denoised
+    kernel = reverse_kernel(sigma, sigma_next, eta, variance, gamma, data_range)
+    x = denoised + (kernel.sigma_down / sigma) * (x - denoised)
+    std = math.sqrt(kernel.variance)
+    if max_std is not None:
+        std = min(std, max_std)
+    if std > 0:
+        x = x + s_noise * std * randn_like(x, generator)
+    return x
+
+
+def _check_variance_option(denoiser: DenoiserFn, variance: str, gamma: GammaFn | None) -> str:
+    from . import process_of  # the package's helper (same layer; imported late to avoid a cycle)
+
+    return check_variance(variance, process_of(denoiser), gamma)
+
+
 def sample_ddim(
     denoiser: DenoiserFn, x: Tensor, grid: Tensor, *, generator: Generator = None, callback: Callback = None,
-    cond: dict | None = None, eta: float = 0.0, s_noise: float = 1.0,
+    cond: dict | None = None, eta: float = 0.0, s_noise: float = 1.0, variance: str = "beta-tilde",
+    gamma: GammaFn | None = None, data_range: float | None = None, clip_last: float | None = None,
 ) -> Tensor:
     """DDIM with stochasticity ``eta`` (Song et al. 2021, "Denoising Diffusion Implicit Models", eq. 12 with
     ``sigma_t(eta)`` of eq. 16), written in sigma-space: see :func:`ancestral_step`. Parameterization-free: on a
-    VP model's own grid it is exactly DDIM's update. NFE = N."""
+    VP model's own grid it is exactly DDIM's update. NFE = N.
+
+    ``variance`` (:mod:`unidm.samplers.variance`): ``"beta-tilde"`` (the default: the forward posterior's
+    ``eta^2 beta~``, so ``eta = 0`` is deterministic), ``"beta"`` (``eta^2 beta`` of each skipped step) or
+    ``"analytic"``, Analytic-DDIM (Bao et al. 2022, Thm 1), which needs ``gamma`` (a
+    :class:`~unidm.samplers.variance.GammaStats` or any callable ``sigma -> Gamma``) and adds the propagated
+    uncertainty of ``x0`` even at ``eta = 0``; ``data_range`` (2 for data in [-1, 1]) tightens its clipping.
+    ``clip_last`` caps the noise standard deviation of the step that lands on the smallest nonzero level
+    (Bao et al.'s released samplers; :func:`~unidm.samplers.variance.pixel_noise_clip`). The last step, to 0,
+    is ``D`` whatever the variance."""
     sigmas = sigma_list(grid)
+    default = variance == "beta-tilde" and clip_last is None
+    if not default:
+        variance = _check_variance_option(denoiser, variance, gamma)
     for i in range(len(sigmas) - 1):
         denoised = denoise(denoiser, x, sigmas[i], cond)
-        x = ancestral_step(x, denoised, sigmas[i], sigmas[i + 1], eta, generator, s_noise)
+        if default:
+            x = ancestral_step(x, denoised, sigmas[i], sigmas[i + 1], eta, generator, s_noise)
+        else:
+            last = i + 2 == len(sigmas) - 1 and sigmas[-1] == 0
+            x = variance_step(x, denoised, sigmas[i], sigmas[i + 1], eta, variance, gamma, data_range, generator,
+                              s_noise, clip_last if last else None)
         report(callback, i, x, sigmas[i], sigmas[i + 1], denoised)
     return x
 
 
 def sample_ddpm(
     denoiser: DenoiserFn, x: Tensor, grid: Tensor, *, generator: Generator = None, callback: Callback = None,
-    cond: dict | None = None, s_noise: float = 1.0,
+    cond: dict | None = None, s_noise: float = 1.0, variance: str = "beta-tilde", gamma: GammaFn | None = None,
+    data_range: float | None = None, clip_last: float | None = None,
 ) -> Tensor:
     """Ancestral sampling (Ho et al. 2020, Algorithm 2) in sigma-space: draw ``x_{i+1}`` from the Gaussian
     posterior ``q(x_{sigma_{i+1}} | x_{sigma_i}, x0 = D)``, mean ``D + (s'^2/s^2)(x - D)``, variance
     ``s'^2 (1 - s'^2/s^2)``; on DDPM's own grid this is DDPM's reverse step with the posterior variance
-    beta-tilde. It equals DDIM with ``eta = 1`` and k-diffusion's ``euler_ancestral``. NFE = N."""
+    beta-tilde. It equals DDIM with ``eta = 1`` and k-diffusion's ``euler_ancestral``. NFE = N.
+
+    ``variance="beta"`` is DDPM's other fixed choice (``beta`` of each skipped step), ``variance="analytic"``
+    Analytic-DPM's optimal variance (Bao et al. 2022, Thm 1; needs ``gamma``); see :func:`sample_ddim` for
+    ``gamma``, ``data_range`` and ``clip_last``."""
     return sample_ddim(denoiser, x, grid, generator=generator, callback=callback, cond=cond, eta=1.0,
-                       s_noise=s_noise)
+                       s_noise=s_noise, variance=variance, gamma=gamma, data_range=data_range, clip_last=clip_last)
 
 
 def sample_edm(
