@@ -355,7 +355,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .commands import guidance, likelihood
+    from .commands import guidance, interop, likelihood
 
     fmt = _HelpFormatter
     p = _Parser(prog="unidm", description="Diffusion and flow models on one denoiser contract.")
@@ -411,6 +411,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("likelihood", help="held-out log-likelihood in nats and bits/dim", formatter_class=fmt)
     likelihood.add_arguments(sp, positive_int, device_name)
     sp.set_defaults(fn=likelihood.run)
+
+    sp = sub.add_parser("import-diffusers", help="a local diffusers UNet2DModel folder as a unidm run",
+                        formatter_class=fmt)
+    interop.add_import_arguments(sp, positive_int)
+    sp.set_defaults(fn=interop.run_import)
+
+    sp = sub.add_parser("export-diffusers", help="a diffusers-unet2d run as a diffusers DDPMPipeline folder",
+                        formatter_class=fmt)
+    interop.add_export_arguments(sp)
+    sp.set_defaults(fn=interop.run_export)
     return p
 
 

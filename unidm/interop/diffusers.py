@@ -392,7 +392,7 @@ def import_diffusers(folder: str, out: str, *, scheduler: str | None = None, num
     cfg.sample.sampler, cfg.sample.steps, cfg.sample.grid = plan.sampler, plan.steps, plan.grid
     os.makedirs(out, exist_ok=True)
     state = model.state_dict()
-    tensors = {**{f"model.{k}": v for k, v in state.items()}, **{f"ema.{k}": v for k, v in state.items()}}
+    tensors = {**{f"model.{k}": v for k, v in state.items()}, **{f"ema.{k}": v.clone() for k, v in state.items()}}
     atomic_save_safetensors(tensors, os.path.join(out, "model.safetensors"),
                             metadata={"format": "unidm-weights-1", "step": "0",
                                       "source": f"diffusers:{os.path.abspath(folder)}"})
