@@ -338,6 +338,8 @@ def poisson_field(x_aug: Tensor, points: Tensor, *, weights: Tensor | None = Non
         posterior mean of :class:`PFGMPPPointSetOracle`: following the field is following the PFGM++ ODE
         ``dx/dr = (x - E[y | x, r]) / r``. Singular (NaN) exactly at a charge.
 
+    Memory ``B K (N + D)`` numbers (one difference vector per query and charge): batch large sets.
+
     >>> pts = torch.tensor([[0.0, 0.0]], dtype=torch.float64)
     >>> poisson_field(torch.tensor([[3.0, 0.0, 4.0]], dtype=torch.float64), pts, normalize=True)
     tensor([[0.6000, 0.0000, 0.8000]], dtype=torch.float64)
