@@ -123,7 +123,7 @@ def test_gaussian_hooks_are_the_gaussian_kernel(name):
     """Every built-in process: ``gaussian_kernel``; ``perturb`` is ``x0 + sigma eps`` with ``eps`` the generator's
     next normals; ``prior_sample`` is ``prior_noise`` bit for bit (same seeds, same samples as before);
     ``prior_log_prob`` is ``log N(0, (sigma_max^2 + prior_variance) I)``."""
-    process = PROCESSES[name]()
+    process = PROCESSES[name](**({"aug_dim": "inf"} if name == "pfgmpp" else {}))  # PFGM++ at D = inf is EDM
     assert process.gaussian_kernel is True
     x0 = torch.randn(6, 3, generator=_gen(0), dtype=F64)
     sigma = torch.linspace(0.1, 3.0, 6, dtype=F64)
@@ -146,7 +146,7 @@ def test_prior_sample_needs_one_seed_per_row():
 def test_data_dim_goes_only_to_processes_that_take_it():
     """The build-time convention: ``data_dim`` reaches a process whose constructor names it, never a user option."""
     registry = {**PROCESSES, "edm-t": StudentTEDM}
-    assert takes_data_dim(StudentTEDM) and not any(takes_data_dim(c) for c in PROCESSES.values())
+    assert takes_data_dim(StudentTEDM) and {n for n, c in PROCESSES.items() if takes_data_dim(c)} == {"pfgmpp"}
     assert build_process("edm-t", {"nu": 7}, data_dim=12, registry=registry).data_dim == 12
     assert build_process("edm-t", {"nu": 7}, registry=registry).data_dim is None
     assert isinstance(build_process("edm", {"sigma_max": 40.0}, data_dim=12), EDM)
