@@ -1,5 +1,6 @@
-"""``unidm likelihood DIR [--split test] [--method M] [--exact | --hutchinson K] [--elbo]``: held-out
-log-likelihood of a run, through the family's declared likelihood (:class:`unidm.methods.SupportsLikelihood`).
+"""``unidm likelihood DIR [--split test] [--method M] [--exact | --hutchinson K] [--elbo [--steps K]
+[--variance V] [--trajectory T]]``: held-out log-likelihood of a run, through the family's declared likelihood
+(:class:`unidm.methods.SupportsLikelihood`).
 
 A Gaussian diffusion / flow model goes through the probability-flow ODE (``ode``, :func:`unidm.likelihood.
 log_likelihood`) and, on the ``vp-discrete`` process, DDPM's ELBO (``elbo``, :func:`unidm.likelihood.elbo`); masked
@@ -7,6 +8,12 @@ diffusion through its ELBO in bits per token; an exact-likelihood family (:class
 through its ``log_prob``. For quantized data (``data.meta["levels"]``, or ``--levels K``) every number is bits/dim
 of the *discrete* data, through the same uniform dequantization. A family without a likelihood (blur diffusion, a
 noisy classifier) is refused with one line.
+
+The ELBO flags ``--steps``, ``--variance`` and ``--trajectory`` (the K-step bound of
+:func:`unidm.likelihood.kstep_elbo`, Analytic-DPM's variance, the ELBO-optimal ``dp`` trajectory) go to the family's
+``elbo`` likelihood as options, so a family whose ELBO does not take them refuses them with one line. ``analytic``
+and ``dp`` need the Gamma statistics: they are computed here over ``--gamma-n`` examples of the training split on
+the process's levels (:func:`unidm.likelihood.gamma_statistics`), not cached.
 """
 
 from __future__ import annotations
@@ -42,6 +49,15 @@ def add_arguments(parser: argparse.ArgumentParser, positive_int, device) -> None
     parser.add_argument("--levels", type=positive_int, help="quantization levels of the data (default: the "
                                                              "dataset's, if quantized)")
     parser.add_argument("--elbo", action="store_true", help="also report the ELBO (families that have one)")
+    parser.add_argument("--steps", type=positive_int, metavar="K", help="ELBO: a K-step trajectory (default: all "
+                                                                         "of the process's steps)")
+    parser.add_argument("--variance", choices=["beta", "beta-tilde", "analytic"],
+                        help="ELBO: reverse variance (default beta; analytic = Analytic-DPM's optimum, from Gamma "
+                             "statistics over the training split)")
+    parser.add_argument("--trajectory", choices=["even", "quadratic", "dp"],
+                        help="ELBO: which K timesteps (default even; dp = the ELBO-optimal ones)")
+    parser.add_argument("--gamma-n", type=positive_int, default=2000, metavar="N",
+                        help="ELBO with analytic / dp: training examples for the Gamma statistics")
     parser.add_argument("--weights", choices=["ema", "model"], default="ema", help="EMA or raw weights")
     parser.add_argument("--dtype", choices=["float64", "float32"], default="float64",
                         help="dtype of continuous data and the ODE state (the network keeps its own)")
@@ -60,6 +76,35 @@ def _options(args: argparse.Namespace) -> dict:
     names = {"hutchinson": "hutchinson", "probe": "probe", "rtol": "rtol", "atol": "atol", "sigma_min": "sigma_min",
              "sigma_max": "sigma_max", "n_t": "n_t"}
     return {key: getattr(args, attr) for key, attr in names.items() if getattr(args, attr, None) is not None}
+
+
+def _elbo_options(args: argparse.Namespace) -> dict:
+    """The K-step ELBO options the user set."""
+    return {key: getattr(args, key) for key in ("steps", "variance", "trajectory")
+            if getattr(args, key, None) is not None}
+
+
+def _gamma(loaded, args: argparse.Namespace):
+    """Gamma statistics of the run's denoiser over ``--gamma-n`` training examples on its process's levels."""
+    from ..likelihood import gamma_statistics, statistics_sigmas
+    from ..methods import DenoisingModel
+
+    model = loaded.model
+    if not isinstance(model, DenoisingModel):
+        raise ValueError(f"--variance analytic and --trajectory dp need a denoising model; {args.run} is a "
+                         f"{loaded.config.family!r} run")
+    sigmas = statistics_sigmas(model.process)
+    if args.steps is not None and args.steps > len(sigmas):  # refused before the work, as the ELBO would refuse it
+        raise ValueError(f"trajectory {args.trajectory or 'even'!r} needs 1 <= steps <= {len(sigmas)} (the "
+                         f"process's timesteps), got steps={args.steps}")
+    x = loaded.data.train[: args.gamma_n].to(args.device)
+    if x.is_floating_point():
+        x = x.to(getattr(torch, args.dtype))
+    t0 = time.perf_counter()
+    with torch.no_grad(), model.evaluating():
+        stats = gamma_statistics(model.denoiser, x, sigmas, batch_size=args.batch_size,
+                                 generator=torch.Generator().manual_seed(args.seed))
+    return stats, {"n": len(x), "levels": len(stats.sigmas), "seconds": time.perf_counter() - t0}
 
 
 def evaluate(model, x: Tensor, method: str, options: dict, levels: int | None, batch_size: int,
@@ -102,10 +147,20 @@ def run(args: argparse.Namespace) -> int:
                          "(families with one: Gaussian diffusion/flow, masked diffusion, density models)")
     require_examples(loaded, "likelihood")
     options = _options(args)
-    method = model.check_likelihood(args.method, options)
+    elbo_options = _elbo_options(args)
+    method = model.check_likelihood(args.method, options if not elbo_options else {})
+    if elbo_options and method != "elbo" and not args.elbo:
+        raise ValueError(f"--{'/--'.join(elbo_options)} apply to the ELBO; add --elbo or --method elbo")
+    if method == "elbo":
+        options.update(elbo_options)
+    method = model.check_likelihood(method, options)
     methods = [method]
     if args.elbo and method != "elbo":
-        methods.append(model.check_likelihood("elbo", {}))
+        methods.append(model.check_likelihood("elbo", elbo_options))
+    gamma_info = None
+    if elbo_options.get("variance") == "analytic" or elbo_options.get("trajectory") == "dp":
+        stats, gamma_info = _gamma(loaded, args)
+        (options if method == "elbo" else elbo_options)["gamma"] = stats
     split = loaded.data.test if args.split == "test" else loaded.data.train
     x = split[: args.n].to(args.device)
     if x.is_floating_point():
@@ -116,7 +171,11 @@ def run(args: argparse.Namespace) -> int:
     with torch.no_grad():
         report.update(evaluate(model, x, method, options, levels, args.batch_size, args.seed))
         if len(methods) > 1:
-            report["elbo"] = evaluate(model, x, "elbo", {}, levels, args.batch_size, args.seed)
+            report["elbo"] = evaluate(model, x, "elbo", elbo_options, levels, args.batch_size, args.seed)
+    if elbo_options:
+        report["elbo_options"] = {k: v for k, v in elbo_options.items() if k != "gamma"}
+    if gamma_info is not None:
+        report["gamma"] = gamma_info
     oracle = loaded.data.meta.get("oracle")
     if oracle is not None and levels is None:  # analytic data: the floor is the true density on the same points
         report["true_nll_nats"] = _summary(-oracle.log_prob(x.double().cpu()))
@@ -141,6 +200,11 @@ def _print(r: dict) -> None:
     if "elbo" in r:
         e = r["elbo"]["bits_per_dim"]
         print(f"  ELBO bound: {e['mean']:.4f} +- {e['stderr']:.4f} bits/dim")
+    if "elbo_options" in r:
+        print("  ELBO with " + ", ".join(f"{k}={v}" for k, v in r["elbo_options"].items()))
+    if "gamma" in r:
+        g = r["gamma"]
+        print(f"  Gamma statistics: {g['n']} training examples, {g['levels']} levels, {g['seconds']:.1f} s")
     if "true_nll_nats" in r:
         print(f"  true density on the same points: {r['true_nll_nats']['mean']:.4f} nats (entropy "
               f"{r['entropy_nats']:.4f}); gap {r['nll_nats']['mean'] - r['true_nll_nats']['mean']:+.4f}")
