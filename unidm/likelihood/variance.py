@@ -100,11 +100,11 @@ def gamma_statistics(
         s = float(sig[i])
         g = torch.Generator().manual_seed(int(seeds[i]))
         per_example = torch.zeros(n, dtype=torch.float64)
-        for start in range(0, n, batch_size):
-            xb = x0[start:start + batch_size]
-            for _ in range(n_mc):
-                eps = torch.randn(xb.shape, generator=g, dtype=xb.dtype).to(xb.device)
-                x = xb + s * eps
+        for _ in range(n_mc):
+            noise = torch.randn(x0.shape, generator=g, dtype=x0.dtype)  # the whole split's: batch-size free
+            for start in range(0, n, batch_size):
+                xb = x0[start:start + batch_size]
+                x = xb + s * noise[start:start + batch_size].to(xb.device)
                 D = denoiser(x, torch.full((xb.shape[0],), s, dtype=xb.dtype, device=xb.device), **(cond or {}))
                 err = (x - D) / s if estimator == "score" else (xb - D) / s
                 per_example[start:start + len(xb)] += _sum(err**2).double().cpu() / (d * n_mc)
