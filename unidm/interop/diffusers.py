@@ -445,8 +445,9 @@ def export_diffusers(run: str | Run, out: str, *, weights: str = "ema") -> Diffu
                                         clip_sample=False, variance_type="fixed_small", **schedule)
     notes = []
     if net.num_classes:
-        notes.append(f"class-conditional ({net.num_classes} classes{', null label ' + str(net.num_classes) if net.null_label else ''}): "
-                     "DDPMPipeline passes no class labels; call the UNet with class_labels=")
+        null = f", null label {net.num_classes}" if net.null_label else ""
+        notes.append(f"class-conditional ({net.num_classes} classes{null}): DDPMPipeline passes no class labels; "
+                     "call the UNet with class_labels=")
     folder = os.path.dirname(os.path.abspath(out))
     os.makedirs(folder, exist_ok=True)
     tmp = os.path.join(folder, temporary_name(os.path.basename(os.path.abspath(out))))
