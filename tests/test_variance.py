@@ -97,7 +97,7 @@ def test_plain_ddim_shrinks_each_step_by_a_cosine_and_analytic_ddim_does_not():
         x_s = sample(GAUSS, x_r, torch.tensor([r, s], dtype=F64), "ddim")  # eta = 0, beta-tilde: deterministic
         ratio = (x_s - MU) / (x_r - MU) * math.sqrt(C2 + r**2) / math.sqrt(C2 + s**2)
         torch.testing.assert_close(ratio, torch.full_like(ratio, math.cos(math.atan(r / c) - math.atan(s / c))))
-        slope, var = _true_reverse(r, s, 0.0)
+        slope, _ = _true_reverse(r, s, 0.0)
         k = reverse_kernel(r, s, 0.0, "analytic", exact_gamma)  # the missing variance, added back
         assert slope**2 * (C2 + r**2) + k.variance == pytest.approx(C2 + s**2, rel=1e-12)
 

@@ -21,7 +21,7 @@ space, ``N(0, (sigma_K^2 + 1) I)`` in sigma-space (``prior_variance=1``).
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor

@@ -15,8 +15,11 @@ The choices of ``v``:
 | variance | ``v`` | note |
 |---|---|---|
 | ``beta-tilde`` | ``u^2`` | the forward posterior's own variance (today's default of ``ddpm`` and ``ddim``) |
-| ``beta`` | ``eta^2 (sigma_r^2 - sigma_s^2)(1 + sigma_s^2) / (1 + sigma_r^2)`` | DDPM's ``beta`` of the skipped step, ``1 - abar_r / abar_s``, in sigma-space (VP clock) |
-| ``analytic`` | ``u^2 + c^2 m(sigma_r)``, ``c = 1 - sigma_down / sigma_r`` | Analytic-DPM's optimum, ``m = sigma_r^2 (1 - Gamma(sigma_r))`` |
+| ``beta`` | ``eta^2 (sigma_r^2 - sigma_s^2)(1 + sigma_s^2) / (1 + sigma_r^2)`` | DDPM's ``1 - abar_r / abar_s`` |
+| ``analytic`` | ``u^2 + c^2 m(sigma_r)``, ``c = 1 - sigma_down / sigma_r`` | Analytic-DPM's optimum |
+
+(``beta`` is the skipped step's ``beta`` in sigma-space on the VP clock ``abar = 1 / (1 + sigma^2)``; ``m =
+sigma_r^2 (1 - Gamma(sigma_r))``.)
 
 ``m(sigma) = E||x0 - E[x0 | x]||^2 / d`` is the mean posterior variance of ``x0``, and ``Gamma(sigma) =
 E||(x - D(x, sigma)) / sigma||^2 / d`` over the data (Bao et al.'s ``E||eps_hat||^2 / d``). It is clipped to Bao et
@@ -28,8 +31,8 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -140,7 +143,7 @@ class GammaStats:
                 {"kind": "unidm.gamma_statistics", "n": str(self.n), "n_mc": str(self.n_mc)})
 
     @classmethod
-    def from_state(cls, tensors: dict[str, Tensor], metadata: dict[str, str] | None = None) -> "GammaStats":
+    def from_state(cls, tensors: dict[str, Tensor], metadata: dict[str, str] | None = None) -> GammaStats:
         meta = metadata or {}
         return cls(tensors["sigmas"], tensors["gamma"], tensors["stderr"], n=int(meta.get("n", 0)),
                    n_mc=int(meta.get("n_mc", 1)))
