@@ -300,9 +300,6 @@ def test_unsupported_scheduler_and_schedules(tmp_path):
         json.dump({"_class_name": "ScoreSdeVeScheduler"}, f)
     with pytest.raises(ValueError, match="unsupported scheduler 'ScoreSdeVeScheduler'"):
         read_diffusers(path)
-    path = save_folder(tmp_path / "b", diffusers.DDPMScheduler(beta_schedule="scaled_linear"))
-    with pytest.raises(ValueError, match="'scaled_linear' cannot be represented.*supported: linear"):
-        read_diffusers(path)
     path = save_folder(tmp_path / "c", diffusers.DDPMScheduler(variance_type="learned_range"))
     with pytest.raises(ValueError, match="learned"):
         read_diffusers(path)
@@ -352,3 +349,33 @@ def test_diffusers_missing_says_how_to_install(monkeypatch):
     with pytest.raises(DiffusersMissing, match=r'pip install -e "\.\[diffusers\]"') as e:
         diffusers_module()
     assert isinstance(e.value, ValueError)  # the CLI's one-line error, exit code 2
+
+
+@pytest.mark.parametrize("schedule", ["scaled_linear", "squaredcos_cap_v2"])
+def test_other_beta_schedules_import_as_explicit_betas_and_ddim_matches(tmp_path, schedule):
+    """A schedule that is not linear imports as vp-discrete with diffusers' own betas (explicit ``betas``), and
+    unidm's ddim on its leading timesteps reproduces DDIMScheduler's loop with those betas, float64."""
+    path = save_folder(tmp_path / schedule, diffusers.DDPMScheduler(beta_schedule=schedule, clip_sample=False))
+    run = load_diffusers(path)
+    run.model.double()
+    sched = diffusers.DDIMScheduler.from_pretrained(os.path.join(path, "scheduler"))
+    betas = run.model.process.betas
+    assert len(betas) == len(sched.betas)
+    assert float((betas - sched.betas.double()).abs().max()) < 1e-7  # diffusers holds them in float32
+    sched.betas = betas.clone()
+    sched.alphas = 1 - sched.betas
+    sched.alphas_cumprod = torch.cumprod(sched.alphas, 0)
+    sched.one = torch.tensor(1.0, dtype=torch.float64)
+    sched.final_alpha_cumprod = torch.tensor(1.0, dtype=torch.float64)
+    sched.set_timesteps(8)
+    grid = ddpm_grid(run.model.process, 8, "leading")
+    abar = sched.alphas_cumprod[sched.timesteps]
+    assert torch.allclose(grid[:-1], torch.sqrt((1 - abar) / abar), rtol=1e-10, atol=0)
+    unet = unet64(path)
+    x_T = torch.randn(3, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    x = x_T
+    with torch.no_grad():
+        for t in sched.timesteps:
+            x = sched.step(unet(x, t).sample, t, x).prev_sample
+        ours = sample(run.model.denoiser, x_T * math.sqrt(1 + float(grid[0]) ** 2), grid, method="ddim")
+    assert float((ours - x).abs().max()) < 1e-5

@@ -246,11 +246,9 @@ def _vp_process(config: dict, path: str) -> dict:
     schedule = "explicit trained_betas" if config.get("trained_betas") is not None else config.get("beta_schedule")
     if schedule == "linear":
         return {"beta_start": float(config["beta_start"]), "beta_end": float(config["beta_end"]), "num_steps": T}
-    if "betas" in valid_kwargs(VPDiscrete):  # a vp-discrete process that takes explicit betas: DDPM's own, as built
-        betas = diffusers_module().DDPMScheduler.from_config(config).betas
-        return {"betas": [float(b) for b in betas]}
-    raise ValueError(f"{path}: beta_schedule {schedule!r} cannot be represented: unidm's vp-discrete process has "
-                     "linear betas only (beta_start, beta_end, num_steps); supported: linear")
+    # any other schedule (scaled_linear, squaredcos_cap_v2, trained_betas): diffusers' own betas, explicitly
+    betas = diffusers_module().DDPMScheduler.from_config(config).betas
+    return {"betas": [float(b) for b in betas]}
 
 
 def _run_config(unet_options: dict, channels: int, classes: int, null: bool, scheduler_class: str, sched: dict,

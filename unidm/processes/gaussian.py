@@ -276,15 +276,24 @@ class VPDiscrete(_VPBase):
 
     name = "vp-discrete"
 
-    def __init__(self, beta_start: float = 1e-4, beta_end: float = 0.02, num_steps: int = 1000):
+    def __init__(self, beta_start: float = 1e-4, beta_end: float = 0.02, num_steps: int = 1000,
+                 betas: Sequence[float] | None = None):
+        if betas is None:
+            table = torch.linspace(beta_start, beta_end, num_steps, dtype=torch.float64)
+        else:  # any explicit schedule (scaled-linear, cosine-derived, trained): ``num_steps`` follows it
+            table = torch.as_tensor(betas, dtype=torch.float64).flatten()
+            if len(table) < 1 or not bool(((table > 0) & (table < 1)).all()):
+                raise ValueError("process_options.betas must be a non-empty list of numbers in (0, 1)")
+            num_steps = len(table)
         self.beta_start, self.beta_end, self.num_steps = beta_start, beta_end, num_steps
-        betas = torch.linspace(beta_start, beta_end, num_steps, dtype=torch.float64)
-        self._lab = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(torch.log1p(-betas), 0)])
+        self._explicit = betas is not None
+        self._betas = table
+        self._lab = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(torch.log1p(-table), 0)])
         self.t_min = 1.0 / num_steps
 
     @property
     def betas(self) -> Tensor:
-        return torch.linspace(self.beta_start, self.beta_end, self.num_steps, dtype=torch.float64)
+        return self._betas.clone()
 
     def _table(self, t: Tensor) -> Tensor:
         return self._lab.to(device=t.device, dtype=t.dtype)
@@ -316,6 +325,8 @@ class VPDiscrete(_VPBase):
         return i.to(torch.get_default_dtype()) / self.num_steps
 
     def config(self):
+        if self._explicit:
+            return {"betas": self._betas.tolist()}
         return {"beta_start": self.beta_start, "beta_end": self.beta_end, "num_steps": self.num_steps}
 
 
