@@ -34,7 +34,7 @@ class GaussianDiffusion(DenoisingModel, SupportsLikelihood):
     Args:
         net: noise-agnostic network ``net(c_in x, c_noise, class_labels=None)``.
         process: name in :data:`unidm.processes.PROCESSES` (``vp``, ``vp-discrete``, ``vp-cosine``, ``ve``,
-            ``subvp``, ``edm``, ``flow``); ``process_options`` its init arguments. A process whose constructor
+            ``subvp``, ``edm``, ``flow``, ``pfgmpp``); ``process_options`` its init arguments. A process whose constructor
             takes ``data_dim`` receives ``prod(data_shape)``.
         parameterization: name in :data:`unidm.parameterization.PARAMETERIZATIONS`.
         noise_levels: name in :data:`unidm.processes.NOISE_LEVELS`; ``noise_options`` its arguments.
