@@ -18,6 +18,7 @@ import os
 import re
 import sys
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -254,9 +255,20 @@ def cmd_sample(args) -> int:
                          f"{', '.join(PLOT_SUFFIXES)}")
     run = _generative_run(args.run, args.device)
     s = run.config.sample
-    plan = run.model.check_sampling(args.sampler or s.sampler, args.steps or s.steps, args.grid or s.grid,
-                                    _option_items(args.option))
+    options, grid = _option_items(args.option), args.grid or s.grid
     extra = guidance.generate_options(run, args)
+    if options.get("variance") == "analytic" or grid == "dp":  # Analytic-DPM: the run's Gamma statistics (cached)
+        from .run import gamma_for_run
+
+        stats, info = gamma_for_run(run)
+        how = "cached" if info["cached"] else f"computed in {info['seconds']:.1f} s"
+        print(f"Gamma statistics: {info['levels']} levels over {info['n']} training examples ({how}: "
+              f"{info['path']})")
+        if options.get("variance") == "analytic":
+            options["gamma"] = stats
+        if grid == "dp":
+            extra["grid_options"] = {"gamma": stats}
+    plan = run.model.check_sampling(args.sampler or s.sampler, args.steps or s.steps, grid, options)
     seeds = range(args.seed, args.seed + args.n)
     t0 = time.perf_counter()
     chunks = []
@@ -434,6 +446,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.items = list(args.items) + extra
     prog = f"unidm {args.command}"
+    warnings.formatwarning = lambda message, *_, **__: f"{prog}: warning: {message}\n"  # one line, no source
     try:
         return args.fn(args)
     except (ValueError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError,

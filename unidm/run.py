@@ -14,8 +14,8 @@ from .methods import FAMILIES, TrainableModel
 from .train.checkpoint import CheckpointError, latest_checkpoint, load_safetensors
 from .utils import check_choice
 
-__all__ = ["Run", "StoredData", "build_data", "build_model", "data_info", "load_run", "load_weights",
-           "require_examples"]
+__all__ = ["Run", "StoredData", "build_data", "build_model", "data_info", "gamma_for_run", "load_run",
+           "load_weights", "require_examples"]
 
 
 def build_data(cfg: RunConfig) -> Dataset:
@@ -160,3 +160,47 @@ def load_run(path: str, device: str | torch.device = "cpu", weights: str = "ema"
     load_weights(model, state, wpath, f"the model of {cfg_path}")
     model.to(device).eval()
     return Run(path, cfg, model, data, step)
+
+
+def gamma_for_run(run: Run, n: int = 2000, seed: int = 0, batch_size: int = 500,
+                  dtype: torch.dtype = torch.float64) -> tuple:
+    """Analytic-DPM's Gamma statistics of a denoising run (:func:`unidm.likelihood.gamma_statistics` over ``n``
+    training examples on its process's levels), cached in ``RUN/gamma/`` as safetensors keyed by the weights' digest,
+    ``n`` and ``seed``: computed once, then read back (never unpickled). Returns ``(GammaStats, info)`` with
+    ``info = {"n", "levels", "seconds", "cached", "path"}``. A run whose data file is gone and that has no cached
+    statistics is refused, naming the file."""
+    import time
+
+    from .likelihood import gamma_statistics, statistics_sigmas
+    from .methods import DenoisingModel
+    from .samplers.variance import GammaStats
+    from .train.checkpoint import atomic_save_safetensors, param_digest
+
+    model = run.model
+    if not isinstance(model, DenoisingModel):
+        raise ValueError(f"the analytic variance needs a denoising (diffusion) run; {run.path} is a "
+                         f"{run.config.family!r} run")
+    digest = param_digest(model.state_dict())[:16]
+    path = os.path.join(run.path, "gamma", f"{digest}-n{n}-seed{seed}.safetensors")
+    t0 = time.perf_counter()
+    if os.path.isfile(path):
+        from safetensors import safe_open
+
+        tensors = load_safetensors(path)
+        with safe_open(path, "pt") as f:
+            meta = f.metadata() or {}
+        stats = GammaStats.from_state(tensors, meta)
+        return stats, {"n": stats.n, "levels": len(stats.sigmas), "seconds": time.perf_counter() - t0,
+                       "cached": True, "path": path}
+    require_examples(run, "the Gamma statistics")
+    x = run.data.train[:n].to(model.device)
+    if x.is_floating_point():
+        x = x.to(dtype)
+    with torch.no_grad(), model.evaluating():
+        stats = gamma_statistics(model.denoiser, x, statistics_sigmas(model.process), batch_size=batch_size,
+                                 generator=torch.Generator().manual_seed(seed))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tensors, meta = stats.state()
+    atomic_save_safetensors(tensors, path, metadata={**meta, "digest": digest, "seed": str(seed)})
+    return stats, {"n": len(x), "levels": len(stats.sigmas), "seconds": time.perf_counter() - t0, "cached": False,
+                   "path": path}

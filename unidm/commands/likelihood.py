@@ -13,7 +13,7 @@ The ELBO flags ``--steps``, ``--variance`` and ``--trajectory`` (the K-step boun
 :func:`unidm.likelihood.kstep_elbo`, Analytic-DPM's variance, the ELBO-optimal ``dp`` trajectory) go to the family's
 ``elbo`` likelihood as options, so a family whose ELBO does not take them refuses them with one line. ``analytic``
 and ``dp`` need the Gamma statistics: they are computed here over ``--gamma-n`` examples of the training split on
-the process's levels (:func:`unidm.likelihood.gamma_statistics`), not cached.
+the process's levels (:func:`unidm.likelihood.gamma_statistics`), cached in ``RUN/gamma/`` by the weights' digest.
 """
 
 from __future__ import annotations
@@ -85,26 +85,22 @@ def _elbo_options(args: argparse.Namespace) -> dict:
 
 
 def _gamma(loaded, args: argparse.Namespace):
-    """Gamma statistics of the run's denoiser over ``--gamma-n`` training examples on its process's levels."""
-    from ..likelihood import gamma_statistics, statistics_sigmas
+    """Gamma statistics of the run's denoiser over ``--gamma-n`` training examples on its process's levels, cached
+    in the run folder (:func:`unidm.run.gamma_for_run`)."""
+    from ..likelihood import statistics_sigmas
     from ..methods import DenoisingModel
+    from ..run import gamma_for_run
 
     model = loaded.model
     if not isinstance(model, DenoisingModel):
         raise ValueError(f"--variance analytic and --trajectory dp need a denoising model; {args.run} is a "
                          f"{loaded.config.family!r} run")
-    sigmas = statistics_sigmas(model.process)
-    if args.steps is not None and args.steps > len(sigmas):  # refused before the work, as the ELBO would refuse it
-        raise ValueError(f"trajectory {args.trajectory or 'even'!r} needs 1 <= steps <= {len(sigmas)} (the "
+    levels = len(statistics_sigmas(model.process))
+    if args.steps is not None and args.steps > levels:  # refused before the work, as the ELBO would refuse it
+        raise ValueError(f"trajectory {args.trajectory or 'even'!r} needs 1 <= steps <= {levels} (the "
                          f"process's timesteps), got steps={args.steps}")
-    x = loaded.data.train[: args.gamma_n].to(args.device)
-    if x.is_floating_point():
-        x = x.to(getattr(torch, args.dtype))
-    t0 = time.perf_counter()
-    with torch.no_grad(), model.evaluating():
-        stats = gamma_statistics(model.denoiser, x, sigmas, batch_size=args.batch_size,
-                                 generator=torch.Generator().manual_seed(args.seed))
-    return stats, {"n": len(x), "levels": len(stats.sigmas), "seconds": time.perf_counter() - t0}
+    return gamma_for_run(loaded, n=args.gamma_n, seed=args.seed, batch_size=args.batch_size,
+                         dtype=getattr(torch, args.dtype))
 
 
 def evaluate(model, x: Tensor, method: str, options: dict, levels: int | None, batch_size: int,

@@ -34,8 +34,8 @@ class GaussianDiffusion(DenoisingModel, SupportsLikelihood):
     Args:
         net: noise-agnostic network ``net(c_in x, c_noise, class_labels=None)``.
         process: name in :data:`unidm.processes.PROCESSES` (``vp``, ``vp-discrete``, ``vp-cosine``, ``ve``,
-            ``subvp``, ``edm``, ``flow``, ``pfgmpp``); ``process_options`` its init arguments. A process whose constructor
-            takes ``data_dim`` receives ``prod(data_shape)``.
+            ``subvp``, ``edm``, ``flow``, ``pfgmpp``); ``process_options`` its init arguments. A process whose
+            constructor takes ``data_dim`` receives ``prod(data_shape)``.
         parameterization: name in :data:`unidm.parameterization.PARAMETERIZATIONS`.
         noise_levels: name in :data:`unidm.processes.NOISE_LEVELS`; ``noise_options`` its arguments.
         weighting: name in :data:`unidm.losses.WEIGHTINGS`; ``gamma`` for min-SNR.
@@ -52,7 +52,9 @@ class GaussianDiffusion(DenoisingModel, SupportsLikelihood):
     family = "gaussian"
     samplers = METHODS
     sampler_aliases = ALIASES
-    grids = tuple(GRIDS)
+    #: every grid of :data:`unidm.samplers.GRIDS`, and ``dp``: Analytic-DPM's ELBO-optimal trajectory over the
+    #: process's levels, which needs ``grid_options={"gamma": GammaStats}`` (:func:`unidm.samplers.variance.dp_grid`)
+    grids = (*GRIDS, "dp")
     default_sampling = {"sampler": "heun", "steps": 32, "grid": "karras"}
     sampler_seed_offset = 1_000_003
     sampler_internal = ("denoiser", "x", "grid", "generator", "callback", "cond")
@@ -135,7 +137,7 @@ class GaussianDiffusion(DenoisingModel, SupportsLikelihood):
         plan = self.check_sampling(sampler, steps, grid, options)
         device = self.device
         shape = tuple(shape or self.data_shape)
-        g = make_grid(plan.grid, plan.steps, self.process, **(grid_options or {}))
+        g = self._grid(plan, grid_options or {})
         x = self.process.prior_sample((n, *shape), float(g[0]), seeds=seeds, generator=generator, device=device)
         cond = {}
         if class_labels is not None:
@@ -144,6 +146,16 @@ class GaussianDiffusion(DenoisingModel, SupportsLikelihood):
         with self.evaluating():
             return sample(D, x, g, method=plan.sampler, generator=self.sample_generators(seeds, generator), **cond,
                           **plan.options)
+
+    def _grid(self, plan, grid_options: dict) -> Tensor:
+        if plan.grid != "dp":
+            return make_grid(plan.grid, plan.steps, self.process, **grid_options)
+        from ..samplers.variance import dp_grid
+
+        if grid_options.get("gamma") is None:
+            raise ValueError("grid 'dp' (the ELBO-optimal trajectory) needs the Gamma statistics: "
+                             "grid_options={'gamma': unidm.run.gamma_for_run(run)[0]}")
+        return dp_grid(grid_options["gamma"], plan.steps, eta=float(plan.options.get("eta", 1.0)))
 
     def likelihood_methods(self) -> dict[str, str]:
         methods = {"ode": "ode"}
