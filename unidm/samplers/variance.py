@@ -21,6 +21,17 @@ The choices of ``v``:
 (``beta`` is the skipped step's ``beta`` in sigma-space on the VP clock ``abar = 1 / (1 + sigma^2)``; ``m =
 sigma_r^2 (1 - Gamma(sigma_r))``.)
 
+Extended-Analytic-DPM (Bao et al. 2022b, "Estimating the Optimal Covariance with Imperfect Mean in Diffusion
+Probabilistic Models", ICML) replaces the scalar ``m`` by a state-dependent diagonal one from a learned head
+``h(x, sigma) [B, ...]`` in eps units (:data:`DIAGONAL_VARIANCES`, :func:`diagonal_posterior_variance`):
+
+| variance | head learns | ``m(x)`` per dimension |
+|---|---|---|
+| ``npr`` | ``E[(eps - eps_hat)^2]`` given ``x``, the noise-prediction residual | ``sigma_r^2 h`` |
+| ``sn`` | ``E[eps^2]`` given ``x``, the second moment of the noise | ``sigma_r^2 h - (x - D)^2`` |
+
+and ``v(x) = u^2 + c^2 m(x)``, clipped as ``analytic``.
+
 ``m(sigma) = E||x0 - E[x0 | x]||^2 / d`` is the mean posterior variance of ``x0``, and ``Gamma(sigma) =
 E||(x - D(x, sigma)) / sigma||^2 / d`` over the data (Bao et al.'s ``E||eps_hat||^2 / d``). It is clipped to Bao et
 al.'s bounds (Thm 2): ``0 <= m <= sigma_r^2`` always, and ``m <= (data_range / 2)^2`` for data in an interval of
@@ -38,30 +49,43 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    "VARIANCES", "GammaFn", "GammaStats", "ReverseKernel", "canonical_variance", "check_variance", "reverse_kernel",
-    "posterior_variance_bound", "step_costs", "trajectory_cost", "dp_trajectory", "dp_grid", "pixel_noise_clip",
+    "VARIANCES", "DIAGONAL_VARIANCES", "GammaFn", "HeadFn", "GammaStats", "ReverseKernel", "canonical_variance",
+    "check_variance", "reverse_kernel", "posterior_variance_bound", "diagonal_posterior_variance", "step_costs",
+    "trajectory_cost", "dp_trajectory", "dp_grid", "pixel_noise_clip",
 ]
 
 #: the reverse variances of the ``ddpm`` and ``ddim`` samplers and of the K-step ELBO
 VARIANCES = ("beta-tilde", "beta", "analytic")
 
+#: the state-dependent diagonal variances of Extended-Analytic-DPM (Bao et al. 2022b): a learned head's
+#: ``E[(eps - eps_hat)^2 | x]`` (NPR-DPM) or ``E[eps^2 | x]`` (SN-DPM); the ``ddpm`` and ``ddim`` samplers take them
+#: with ``head=``
+DIAGONAL_VARIANCES = ("npr", "sn")
+
 #: ``Gamma(sigma)``: a :class:`GammaStats` table or any callable of a float noise level
 GammaFn = Callable[[float], float]
 
+#: a learned head ``h(x [B, ...], sigma [B], **cond) -> [B, ...]`` in eps units (see :data:`DIAGONAL_VARIANCES`)
+HeadFn = Callable[..., Tensor]
 
-def canonical_variance(variance: str) -> str:
-    """``variance`` checked against :data:`VARIANCES` (``beta_tilde`` is accepted for ``beta-tilde``)."""
+
+def canonical_variance(variance: str, diagonal: bool = False) -> str:
+    """``variance`` checked against :data:`VARIANCES` (``beta_tilde`` is accepted for ``beta-tilde``), and also
+    against :data:`DIAGONAL_VARIANCES` when ``diagonal`` (the samplers take them; the Gamma-based ELBO does not)."""
     name = str(variance).replace("_", "-")
-    if name not in VARIANCES:
-        raise ValueError(f"unknown variance {variance!r}; valid: {', '.join(VARIANCES)}")
+    valid = VARIANCES + DIAGONAL_VARIANCES if diagonal else VARIANCES
+    if name not in valid:
+        raise ValueError(f"unknown variance {variance!r}; valid: {', '.join(valid)}")
     return name
 
 
-def check_variance(variance: str, process=None, gamma: GammaFn | None = None) -> str:
-    """Refuse, with one line, a variance that cannot be used: ``analytic`` without Gamma statistics, or any variance
-    other than ``beta-tilde`` (which at ``eta = 0`` draws nothing) on a process whose kernel is not Gaussian (the
-    optimal variance is that of a Gaussian posterior). Returns the canonical name."""
-    name = canonical_variance(variance)
+def check_variance(variance: str, process=None, gamma: GammaFn | None = None, head: HeadFn | None = None,
+                   diagonal: bool = False) -> str:
+    """Refuse, with one line, a variance that cannot be used: ``analytic`` without Gamma statistics, ``npr`` or
+    ``sn`` without a head (accepted at all only with ``diagonal=True`` or a ``head``), or any variance other than
+    ``beta-tilde`` (which at ``eta = 0`` draws nothing) on a process whose kernel is not Gaussian (the optimal
+    variance is that of a Gaussian posterior). Returns the canonical name."""
+    name = canonical_variance(variance, diagonal=diagonal or head is not None)
     if name != "beta-tilde" and process is not None and not getattr(process, "gaussian_kernel", True):
         pname = getattr(process, "name", type(process).__name__)
         raise ValueError(f"variance={name!r} assumes a Gaussian transition kernel, but process {pname!r} has "
@@ -69,6 +93,9 @@ def check_variance(variance: str, process=None, gamma: GammaFn | None = None) ->
     if name == "analytic" and gamma is None:
         raise ValueError("variance='analytic' needs the Gamma statistics: pass gamma=unidm.likelihood."
                          "gamma_statistics(denoiser, x_train, sigmas) (or any callable sigma -> Gamma)")
+    if name in DIAGONAL_VARIANCES and head is None:
+        raise ValueError(f"variance={name!r} needs a learned head: sample a 'variance-head' run of kind {name!r} "
+                         f"(unidm sample HEAD_RUN), or pass head=<that model>.predict")
     return name
 
 
@@ -193,6 +220,28 @@ def reverse_kernel(sigma: float, sigma_next: float, eta: float = 1.0, variance: 
         m = min(max(sigma**2 * (1.0 - float(gamma(sigma))), 0.0), posterior_variance_bound(sigma, data_range))
         v = u**2 + c**2 * m
     return ReverseKernel(sigma_down, u**2, v, c)
+
+
+def diagonal_posterior_variance(variance: str, head_out: Tensor, x: Tensor, denoised: Tensor, sigma: float,
+                                data_range: float | None = None) -> Tensor:
+    """The state-dependent posterior variance of ``x0`` per dimension, ``m(x) [B, ...]`` in sigma-space, from a
+    learned head's output ``head_out`` (eps units) at ``x`` with the mean model's ``denoised = D(x, sigma)`` (Bao et
+    al. 2022b, the optimal diagonal covariance corrected for an imperfect mean (NPR-DPM) and the plain optimal one
+    (SN-DPM)):
+
+    - ``npr``: ``m = sigma^2 h``, ``h ~ E[(eps - eps_hat)^2 | x]`` (``eps - eps_hat = (D - x0) / sigma``, so
+      ``m ~ E[(x0 - D)^2 | x]``, the mean model's own error);
+    - ``sn``: ``m = sigma^2 (h - eps_hat^2) = sigma^2 h - (x - D)^2``, ``h ~ E[eps^2 | x]``
+      (``= Var(x0 | x)`` per dimension when ``D = E[x0 | x]``),
+
+    clipped elementwise to ``[0, posterior_variance_bound(sigma, data_range)]`` like the ``analytic`` variance. The
+    step's variance is then ``u^2 + c^2 m`` (:class:`ReverseKernel`'s ``q_variance`` and ``x0_coef``)."""
+    name = canonical_variance(variance, diagonal=True)
+    if name not in DIAGONAL_VARIANCES:
+        raise ValueError(f"{name!r} is not a state-dependent variance; valid: {', '.join(DIAGONAL_VARIANCES)}")
+    sigma = float(sigma)
+    m = sigma**2 * head_out if name == "npr" else sigma**2 * head_out - (x - denoised) ** 2
+    return m.clamp(0.0, posterior_variance_bound(sigma, data_range))
 
 
 def pixel_noise_clip(num_levels: int = 256, pixels: float = 2.0) -> float:
