@@ -12,10 +12,11 @@ from torch import Tensor
 from ..denoiser import DenoiserFn
 from .base import Callback, Generator, denoise, randn_like, report, sigma_list, to_d
 from .ode import sample_heun
-from .variance import GammaFn, check_variance, reverse_kernel
+from .variance import (DIAGONAL_VARIANCES, GammaFn, HeadFn, check_variance, diagonal_posterior_variance,
+                       reverse_kernel)
 
 __all__ = ["sample_ddim", "sample_ddpm", "sample_edm", "sample_euler_maruyama", "sample_pc", "ancestral_step",
-           "variance_step"]
+           "variance_step", "diagonal_variance_step"]
 
 
 def ancestral_step(x: Tensor, denoised: Tensor, sigma: float, sigma_next: float, eta: float,
@@ -53,16 +54,35 @@ def variance_step(x: Tensor, denoised: Tensor, sigma: float, sigma_next: float, 
     return x
 
 
-def _check_variance_option(denoiser: DenoiserFn, variance: str, gamma: GammaFn | None) -> str:
+def diagonal_variance_step(x: Tensor, denoised: Tensor, sigma: float, sigma_next: float, eta: float, variance: str,
+                           head: HeadFn, data_range: float | None, generator: Generator, s_noise: float = 1.0,
+                           max_std: float | None = None, cond: dict | None = None) -> Tensor:
+    """:func:`variance_step` with Extended-Analytic-DPM's state-dependent diagonal variance (Bao et al. 2022b):
+    the same mean, noise of standard deviation ``sqrt(u^2 + c^2 m(x))`` per dimension, where ``m(x)`` comes from
+    the head's output at ``(x, sigma)`` (:func:`unidm.samplers.variance.diagonal_posterior_variance`; ``npr`` or
+    ``sn``), each at most ``max_std`` when given. A step to ``sigma_next = 0`` is ``D`` (the head is not called)."""
+    if sigma_next == 0:
+        return denoised
+    kernel = reverse_kernel(sigma, sigma_next, eta, "beta-tilde")
+    m = diagonal_posterior_variance(variance, denoise(head, x, sigma, cond), x, denoised, sigma, data_range)
+    std = torch.sqrt(kernel.q_variance + kernel.x0_coef**2 * m)
+    if max_std is not None:
+        std = std.clamp(max=max_std)
+    return denoised + (kernel.sigma_down / sigma) * (x - denoised) + s_noise * std * randn_like(x, generator)
+
+
+def _check_variance_option(denoiser: DenoiserFn, variance: str, gamma: GammaFn | None,
+                           head: HeadFn | None = None) -> str:
     from . import process_of  # the package's helper (same layer; imported late to avoid a cycle)
 
-    return check_variance(variance, process_of(denoiser), gamma)
+    return check_variance(variance, process_of(denoiser), gamma, head, diagonal=True)
 
 
 def sample_ddim(
     denoiser: DenoiserFn, x: Tensor, grid: Tensor, *, generator: Generator = None, callback: Callback = None,
     cond: dict | None = None, eta: float = 0.0, s_noise: float = 1.0, variance: str = "beta-tilde",
     gamma: GammaFn | None = None, data_range: float | None = None, clip_last: float | None = None,
+    head: HeadFn | None = None,
 ) -> Tensor:
     """DDIM with stochasticity ``eta`` (Song et al. 2021, "Denoising Diffusion Implicit Models", eq. 12 with
     ``sigma_t(eta)`` of eq. 16), written in sigma-space: see :func:`ancestral_step`. Parameterization-free: on a
@@ -75,19 +95,29 @@ def sample_ddim(
     uncertainty of ``x0`` even at ``eta = 0``; ``data_range`` (2 for data in [-1, 1]) tightens its clipping.
     ``clip_last`` caps the noise standard deviation of the step that lands on the smallest nonzero level
     (Bao et al.'s released samplers; :func:`~unidm.samplers.variance.pixel_noise_clip`). The last step, to 0,
-    is ``D`` whatever the variance."""
+    is ``D`` whatever the variance.
+
+    ``variance="npr"`` or ``"sn"`` is Extended-Analytic-DPM's state-dependent diagonal variance (Bao et al. 2022b,
+    NPR-DPM / SN-DPM) from ``head(x, sigma [B], **cond) -> [B, ...]``, a learned head in eps units (a
+    ``variance-head`` run's ``predict``; :func:`diagonal_variance_step`); one more network call per step but the
+    last, which the NFE count does not include."""
     sigmas = sigma_list(grid)
     default = variance == "beta-tilde" and clip_last is None
     if not default:
-        variance = _check_variance_option(denoiser, variance, gamma)
+        variance = _check_variance_option(denoiser, variance, gamma, head)
+    diagonal = variance in DIAGONAL_VARIANCES
     for i in range(len(sigmas) - 1):
         denoised = denoise(denoiser, x, sigmas[i], cond)
         if default:
             x = ancestral_step(x, denoised, sigmas[i], sigmas[i + 1], eta, generator, s_noise)
         else:
             last = i + 2 == len(sigmas) - 1 and sigmas[-1] == 0
-            x = variance_step(x, denoised, sigmas[i], sigmas[i + 1], eta, variance, gamma, data_range, generator,
-                              s_noise, clip_last if last else None)
+            if diagonal:
+                x = diagonal_variance_step(x, denoised, sigmas[i], sigmas[i + 1], eta, variance, head, data_range,
+                                           generator, s_noise, clip_last if last else None, cond)
+            else:
+                x = variance_step(x, denoised, sigmas[i], sigmas[i + 1], eta, variance, gamma, data_range,
+                                  generator, s_noise, clip_last if last else None)
         report(callback, i, x, sigmas[i], sigmas[i + 1], denoised)
     return x
 
@@ -95,7 +125,7 @@ def sample_ddim(
 def sample_ddpm(
     denoiser: DenoiserFn, x: Tensor, grid: Tensor, *, generator: Generator = None, callback: Callback = None,
     cond: dict | None = None, s_noise: float = 1.0, variance: str = "beta-tilde", gamma: GammaFn | None = None,
-    data_range: float | None = None, clip_last: float | None = None,
+    data_range: float | None = None, clip_last: float | None = None, head: HeadFn | None = None,
 ) -> Tensor:
     """Ancestral sampling (Ho et al. 2020, Algorithm 2) in sigma-space: draw ``x_{i+1}`` from the Gaussian
     posterior ``q(x_{sigma_{i+1}} | x_{sigma_i}, x0 = D)``, mean ``D + (s'^2/s^2)(x - D)``, variance
@@ -103,10 +133,12 @@ def sample_ddpm(
     beta-tilde. It equals DDIM with ``eta = 1`` and k-diffusion's ``euler_ancestral``. NFE = N.
 
     ``variance="beta"`` is DDPM's other fixed choice (``beta`` of each skipped step), ``variance="analytic"``
-    Analytic-DPM's optimal variance (Bao et al. 2022, Thm 1; needs ``gamma``); see :func:`sample_ddim` for
-    ``gamma``, ``data_range`` and ``clip_last``."""
+    Analytic-DPM's optimal variance (Bao et al. 2022, Thm 1; needs ``gamma``), ``"npr"`` / ``"sn"`` the learned
+    diagonal ones (needs ``head``); see :func:`sample_ddim` for ``gamma``, ``head``, ``data_range`` and
+    ``clip_last``."""
     return sample_ddim(denoiser, x, grid, generator=generator, callback=callback, cond=cond, eta=1.0,
-                       s_noise=s_noise, variance=variance, gamma=gamma, data_range=data_range, clip_last=clip_last)
+                       s_noise=s_noise, variance=variance, gamma=gamma, data_range=data_range, clip_last=clip_last,
+                       head=head)
 
 
 def sample_edm(

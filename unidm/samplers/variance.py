@@ -30,7 +30,8 @@ Probabilistic Models", ICML) replaces the scalar ``m`` by a state-dependent diag
 | ``npr`` | ``E[(eps - eps_hat)^2]`` given ``x``, the noise-prediction residual | ``sigma_r^2 h`` |
 | ``sn`` | ``E[eps^2]`` given ``x``, the second moment of the noise | ``sigma_r^2 h - (x - D)^2`` |
 
-and ``v(x) = u^2 + c^2 m(x)``, clipped as ``analytic``.
+and ``v(x) = u^2 + c^2 m(x)``, with ``m`` clipped to ``[0, (data_range / 2)^2]`` (the bound ``sigma^2`` holds for
+the mean over ``x`` only).
 
 ``m(sigma) = E||x0 - E[x0 | x]||^2 / d`` is the mean posterior variance of ``x0``, and ``Gamma(sigma) =
 E||(x - D(x, sigma)) / sigma||^2 / d`` over the data (Bao et al.'s ``E||eps_hat||^2 / d``). It is clipped to Bao et
@@ -234,14 +235,17 @@ def diagonal_posterior_variance(variance: str, head_out: Tensor, x: Tensor, deno
     - ``sn``: ``m = sigma^2 (h - eps_hat^2) = sigma^2 h - (x - D)^2``, ``h ~ E[eps^2 | x]``
       (``= Var(x0 | x)`` per dimension when ``D = E[x0 | x]``),
 
-    clipped elementwise to ``[0, posterior_variance_bound(sigma, data_range)]`` like the ``analytic`` variance. The
-    step's variance is then ``u^2 + c^2 m`` (:class:`ReverseKernel`'s ``q_variance`` and ``x0_coef``)."""
+    clipped elementwise to ``[0, (data_range / 2)^2]`` (``[0, inf)`` without ``data_range``). Of the ``analytic``
+    variance's bounds only these hold pointwise: ``m <= sigma^2`` bounds the *mean* ``E Var(x0 | x)`` but not
+    ``Var(x0 | x)`` at one ``x`` (between two modes it is of the order of their distance squared at any sigma),
+    while the variance of a variable in an interval never exceeds a quarter of its width squared. The step's
+    variance is then ``u^2 + c^2 m`` (:class:`ReverseKernel`'s ``q_variance`` and ``x0_coef``)."""
     name = canonical_variance(variance, diagonal=True)
     if name not in DIAGONAL_VARIANCES:
         raise ValueError(f"{name!r} is not a state-dependent variance; valid: {', '.join(DIAGONAL_VARIANCES)}")
     sigma = float(sigma)
     m = sigma**2 * head_out if name == "npr" else sigma**2 * head_out - (x - denoised) ** 2
-    return m.clamp(0.0, posterior_variance_bound(sigma, data_range))
+    return m.clamp(0.0, None if data_range is None else (data_range / 2) ** 2)
 
 
 def pixel_noise_clip(num_levels: int = 256, pixels: float = 2.0) -> float:
