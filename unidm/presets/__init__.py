@@ -10,10 +10,11 @@ from .guidance import PRESETS as _GUIDANCE
 from .images import PRESETS as _IMAGES
 from .pfgm import PRESETS as _PFGM
 from .toy import PRESETS as _TOY
+from .variance import PRESETS as _VARIANCE
 
 __all__ = ["PRESETS", "DEFAULT_PRESET", "get_preset"]
 
-PRESETS: dict[str, dict] = {**_TOY, **_IMAGES, **_DISCRETE, **_GUIDANCE, **_PFGM}
+PRESETS: dict[str, dict] = {**_TOY, **_IMAGES, **_DISCRETE, **_GUIDANCE, **_PFGM, **_VARIANCE}
 
 #: what `unidm train` runs with no preset named
 DEFAULT_PRESET = "moons-edm"
