@@ -10,10 +10,11 @@ from .blur import BLUR_FAMILIES
 from .classifier import CLASSIFIER_FAMILIES
 from .gaussian import GaussianDiffusion
 from .masked import MASKED_FAMILIES
+from .pfgm import PFGM_FAMILIES
 from .variance_heads import VARIANCE_HEAD_FAMILIES
 
 FAMILIES: dict[str, type[TrainableModel]] = {
-    "gaussian": GaussianDiffusion, **MASKED_FAMILIES, **BLUR_FAMILIES, **CLASSIFIER_FAMILIES,
+    "gaussian": GaussianDiffusion, **MASKED_FAMILIES, **BLUR_FAMILIES, **CLASSIFIER_FAMILIES, **PFGM_FAMILIES,
     **VARIANCE_HEAD_FAMILIES,
 }
 
