@@ -18,7 +18,7 @@ from unidm.cli import main
 from unidm.config import apply_overrides
 from unidm.likelihood import KINDS
 from unidm.methods import FAMILIES, GenerativeModel, SupportsLikelihood
-from unidm.presets import PRESETS, get_preset
+from unidm.presets import FROZEN_PRESETS, PRESETS, get_preset
 from unidm.run import build_data, build_model, load_run
 from unidm.train import train
 
@@ -26,28 +26,45 @@ TINY = ["train.steps=1", "train.batch_size=8", "train.warmup=0", "train.ema_deca
         "train.num_threads=1"]
 
 
-def _smallest_preset(family: str) -> str:
-    """The preset of ``family`` whose model has the fewest parameters."""
+def _train_tiny(name: str, out: str, extra: list[str] = ()) -> tuple:
+    cfg = apply_overrides(get_preset(name), [*TINY, *extra])
+    data = build_data(cfg)
+    model = build_model(cfg, data)
+    train(model, data, cfg.train, out, config_dict=cfg.to_dict(), log=lambda _: None)
+    return model
+
+
+def _frozen_runs(name: str, tmp_path_factory) -> list[str]:
+    """``method.KEY=RUN`` overrides for a preset whose family injects frozen runs: each trained one step from the
+    preset :data:`unidm.presets.FROZEN_PRESETS` names for it."""
+    overrides = []
+    for key, teacher in FROZEN_PRESETS.get(name, {}).items():
+        out = str(tmp_path_factory.mktemp(f"{name}-{key}") / "run")
+        _train_tiny(teacher, out)
+        overrides.append(f"method.{key}={out}")
+    return overrides
+
+
+def _smallest_preset(family: str, tmp_path_factory) -> tuple[str, list[str]]:
+    """The preset of ``family`` whose model has the fewest parameters, with its frozen-run overrides."""
     names = [n for n, d in PRESETS.items() if d.get("family", "gaussian") == family]
     assert names, f"family {family!r} has no preset"
 
-    def size(name: str) -> int:
-        cfg = get_preset(name)
+    def size(name: str) -> int:  # a preset that needs a frozen run is sized by that run's preset
+        cfg = get_preset(next(iter(FROZEN_PRESETS[name].values())) if name in FROZEN_PRESETS else name)
         return sum(p.numel() for p in build_model(cfg, build_data(cfg)).parameters())
 
-    return min(names, key=size)
+    name = min(names, key=size)
+    return name, _frozen_runs(name, tmp_path_factory)
 
 
 @pytest.fixture(scope="module", params=sorted(FAMILIES))
 def trained(request, tmp_path_factory):
     """(preset name, in-memory model after one step, loaded run) for one family."""
     family = request.param
-    name = _smallest_preset(family)
-    cfg = apply_overrides(get_preset(name), TINY)
-    data = build_data(cfg)
-    model = build_model(cfg, data)
+    name, frozen = _smallest_preset(family, tmp_path_factory)
     out = str(tmp_path_factory.mktemp(family) / "run")
-    train(model, data, cfg.train, out, config_dict=cfg.to_dict(), log=lambda _: None)
+    model = _train_tiny(name, out, frozen)
     return name, model.eval(), load_run(out), out
 
 
@@ -88,9 +105,10 @@ def test_generate_with_seeds_is_per_sample(trained):
     x = run.model.generate(3, seeds=[5, 6, 7], **kw)
     assert x.shape == (3, *run.model.data_shape)
     alone = run.model.generate(1, seeds=[6], **kw)
-    # the same seed gives the same sample in any batch, up to the rounding of batched matrix products
+    # the same seed gives the same sample in any batch, up to the float32 rounding of batched matrix products,
+    # relative to the samples' size (a barely trained model may still sample at the prior's scale)
     if x.is_floating_point():
-        torch.testing.assert_close(alone[0], x[1], rtol=0, atol=1e-5)
+        torch.testing.assert_close(alone[0], x[1], rtol=0, atol=1e-5 * max(1.0, float(x.abs().max())))
     else:
         assert torch.equal(alone[0], x[1])
     assert torch.equal(run.model.generate(3, seeds=[5, 6, 7], **kw), x)  # a seed decides its sample
@@ -100,7 +118,7 @@ def test_generate_with_seeds_is_per_sample(trained):
 
 def test_likelihood_where_declared_and_refused_where_not(trained, capsys):
     _, _, run, out = trained
-    if isinstance(run.model, SupportsLikelihood):
+    if isinstance(run.model, SupportsLikelihood) and run.model.likelihood_methods():
         for method, kind in run.model.likelihood_methods().items():
             x = run.data.test[:4]
             x = x.double() if x.is_floating_point() else x
@@ -114,6 +132,6 @@ def test_likelihood_where_declared_and_refused_where_not(trained, capsys):
         with pytest.raises(ValueError, match="not available"):
             run.model.likelihood(run.data.test[:2], method="no-such-method")
     else:
-        assert main(["likelihood", out, "-n", "4"]) == 2
+        assert main(["likelihood", out, "-n", "4"]) == 2  # no likelihood face, or none that applies to this run
         err = capsys.readouterr().err.strip()
-        assert len(err.splitlines()) == 1 and "has no likelihood" in err and run.config.family in err
+        assert len(err.splitlines()) == 1 and "no likelihood" in err and run.config.family in err

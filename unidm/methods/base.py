@@ -258,10 +258,13 @@ class SupportsLikelihood:
     def check_likelihood(self, method: str | None, options: Mapping[str, Any]) -> str:
         """The method (default: the first) checked against :meth:`likelihood_methods`, and its options."""
         methods = self.likelihood_methods()
+        family = getattr(self, "family", type(self).__name__)
+        if not methods:
+            raise ValueError(f"this {family!r} model has no likelihood ({getattr(self, 'likelihood_note', '')}"
+                             "none applies to it)")
         method = next(iter(methods)) if method is None else method
         if method not in methods:
-            raise ValueError(f"likelihood method {method!r} is not available for family "
-                             f"{getattr(self, 'family', type(self).__name__)!r} "
+            raise ValueError(f"likelihood method {method!r} is not available for family {family!r} "
                              f"({getattr(self, 'likelihood_note', '')}valid: {', '.join(methods)})")
         valid = self.likelihood_options(method)
         bad = [k for k in options if k not in valid]

@@ -109,7 +109,8 @@ class GaussianDiffusion(DenoisingModel, SupportsLikelihood):
         if "variance" in plan.options:  # ddpm / ddim: Analytic-DPM's variance needs a Gaussian kernel
             from ..samplers.variance import check_variance
 
-            check_variance(plan.options["variance"], self.process, plan.options.get("gamma"))
+            check_variance(plan.options["variance"], self.process, plan.options.get("gamma"),
+                           plan.options.get("head"))
         return plan
 
     @torch.no_grad()

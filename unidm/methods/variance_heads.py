@@ -188,8 +188,10 @@ class VarianceHead(GenerativeModel, SupportsLikelihood):
                           **self._variance_options(plan.options))
 
     # --- likelihood -----------------------------------------------------------------------------------------------
+    likelihood_note = "the head's ELBO needs a vp-discrete teacher; "
+
     def likelihood_methods(self) -> dict[str, str]:
-        return {"elbo": "bound"}
+        return {"elbo": "bound"} if isinstance(self.teacher.process, VPDiscrete) else {}
 
     def likelihood_options(self, method: str) -> list[str]:
         return list(HEAD_ELBO_OPTIONS)

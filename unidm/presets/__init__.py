@@ -11,10 +11,14 @@ from .images import PRESETS as _IMAGES
 from .pfgm import PRESETS as _PFGM
 from .toy import PRESETS as _TOY
 from .variance import PRESETS as _VARIANCE
+from .variance import TEACHERS as _TEACHERS
 
-__all__ = ["PRESETS", "DEFAULT_PRESET", "get_preset"]
+__all__ = ["PRESETS", "DEFAULT_PRESET", "FROZEN_PRESETS", "get_preset"]
 
 PRESETS: dict[str, dict] = {**_TOY, **_IMAGES, **_DISCRETE, **_GUIDANCE, **_PFGM, **_VARIANCE}
+
+#: preset -> {method key of a frozen run: the preset that trains that run} (a family's ``frozen_keys``)
+FROZEN_PRESETS: dict[str, dict[str, str]] = {name: {"teacher": teacher} for name, teacher in _TEACHERS.items()}
 
 #: what `unidm train` runs with no preset named
 DEFAULT_PRESET = "moons-edm"
