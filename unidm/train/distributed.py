@@ -114,5 +114,8 @@ class DistInfo:
     def close(self) -> None:
         """Leave the process group if :meth:`from_env` created it."""
         if self.owns_group and dist.is_initialized():
+            # every rank reaches here before any tears the group down: gloo aborts a process (SIGABRT, "terminate
+            # called without an active exception") whose peer destroys the group under it
+            dist.barrier()
             dist.destroy_process_group()
             self.owns_group = False
