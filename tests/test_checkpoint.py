@@ -265,3 +265,31 @@ def test_load_weights_refuses_a_state_of_another_model_naming_both():
     with pytest.raises(CheckpointError, match="guide.safetensors does not match the run's model: missing"):
         load_weights(nn.Linear(2, 2), nn.Sequential(nn.Linear(2, 2)).state_dict(), "guide.safetensors",
                      "the run's model")
+
+
+@pytest.mark.parametrize("low_bytes", [b"\x80", b"PK"])
+def test_a_safetensors_header_length_that_looks_like_a_pickle_or_zip_signature_still_loads(tmp_path, low_bytes):
+    """The 8-byte header length of a real safetensors file can begin with 0x80 (a pickle's first byte) or "PK" (a
+    zip's): such a file is safetensors (its header parses), not a foreign file."""
+    from safetensors.torch import save_file
+
+    from unidm.train.checkpoint import load_safetensors
+
+    target = int.from_bytes(low_bytes, "little")
+    modulus = 256 ** len(low_bytes)
+    x = torch.arange(6, dtype=torch.float32)
+    path = str(tmp_path / "w.safetensors")
+    save_file({"x": x}, path, metadata={"pad": ""})
+    with open(path, "rb") as f:
+        start = (target - int.from_bytes(f.read(8), "little")) % modulus  # each pad character adds one byte
+    for pad in range(max(start - 16, 0), start + 16):
+        save_file({"x": x}, path, metadata={"pad": "p" * pad})
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+        if n % modulus == target:
+            break
+    else:
+        pytest.fail("no padding gave the wanted header length")
+    with open(path, "rb") as f:
+        assert f.read(len(low_bytes)) == low_bytes
+    assert torch.equal(load_safetensors(path)["x"], x)

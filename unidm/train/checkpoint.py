@@ -158,15 +158,17 @@ def _check_safetensors_header(head: bytes, size: int, path: str) -> None:
     The safetensors parser would refuse such a file too (it never unpickles); this only names the usual culprits:
     a ``torch.save`` zip archive or a raw pickle renamed to ``.safetensors``.
     """
+    # a safetensors header first: its 8-byte length may itself start with the bytes of another format's signature
+    # (a length of 128 + 256 k begins with 0x80, a pickle's first byte)
+    if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") <= size - 8:
+        return
     if head[:2] == b"PK":
         raise CheckpointError(f"{path} is a zip archive (torch.save output), not safetensors; refusing to load it")
     if head[:1] == b"\x80":
         raise CheckpointError(f"{path} is a pickle, not safetensors; refusing to load it")
     if len(head) < 9:
         raise CheckpointError(f"{path} is truncated ({size} bytes; not a safetensors file)")
-    n = int.from_bytes(head[:8], "little")
-    if head[8:9] != b"{" or n > size - 8:
-        raise CheckpointError(f"{path} is not a safetensors file (bad or truncated header); refusing to load it")
+    raise CheckpointError(f"{path} is not a safetensors file (bad or truncated header); refusing to load it")
 
 
 def _parse_safetensors(data: bytes, path: str, device: str | torch.device) -> dict[str, torch.Tensor]:
