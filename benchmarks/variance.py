@@ -202,7 +202,8 @@ def digits(args) -> tuple[list[dict], dict]:
     teacher = build_model(cfg, data)
     t_train = _train(teacher, cfg, args.threads)
     t0 = time.perf_counter()
-    stats = gamma_statistics(teacher.denoiser, data.train, statistics_sigmas(teacher.process),
+    stats = gamma_statistics(teacher.denoiser, data.train[: args.digits_gamma_n],
+                             statistics_sigmas(teacher.process),
                              generator=torch.Generator().manual_seed(0), progress=False)
     t_gamma = time.perf_counter() - t0
     heads, t_heads = _heads(teacher, "digits-vp", data, args.digits_head_steps, args.threads)
@@ -228,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--digits-teacher-steps", type=int, default=3000)
     p.add_argument("--digits-head-steps", type=int, default=1500)
     p.add_argument("--digits-steps", default="10,25,50,100")
+    p.add_argument("--digits-gamma-n", type=int, default=256, help="training images for digits' Gamma statistics")
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     p.add_argument("--name", default="default")
     args = p.parse_args(argv)

@@ -162,7 +162,7 @@ def load_run(path: str, device: str | torch.device = "cpu", weights: str = "ema"
     return Run(path, cfg, model, data, step)
 
 
-def gamma_for_run(run: Run, n: int = 2000, seed: int = 0, batch_size: int = 500,
+def gamma_for_run(run: Run, n: int = 500, seed: int = 0, batch_size: int = 500,
                   dtype: torch.dtype = torch.float64) -> tuple:
     """Analytic-DPM's Gamma statistics of a denoising run (:func:`unidm.likelihood.gamma_statistics` over ``n``
     training examples on its process's levels), cached in ``RUN/gamma/`` as safetensors keyed by the weights' digest,

@@ -56,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser, positive_int, device) -> None
                              "statistics over the training split)")
     parser.add_argument("--trajectory", choices=["even", "quadratic", "dp"],
                         help="ELBO: which K timesteps (default even; dp = the ELBO-optimal ones)")
-    parser.add_argument("--gamma-n", type=positive_int, default=2000, metavar="N",
+    parser.add_argument("--gamma-n", type=positive_int, default=500, metavar="N",
                         help="ELBO with analytic / dp: training examples for the Gamma statistics")
     parser.add_argument("--weights", choices=["ema", "model"], default="ema", help="EMA or raw weights")
     parser.add_argument("--dtype", choices=["float64", "float32"], default="float64",

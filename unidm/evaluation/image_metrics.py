@@ -185,11 +185,12 @@ def c2st(a: Tensor, b: Tensor, folds: int = 5, hidden: int = 128, steps: int = 1
         net = torch.nn.Sequential(torch.nn.Linear(x.shape[1], hidden), torch.nn.SiLU(),
                                   torch.nn.Linear(hidden, hidden), torch.nn.SiLU(), torch.nn.Linear(hidden, 1))
         opt = torch.optim.AdamW(net.parameters(), lr=5e-3, weight_decay=1e-2)
-        for _ in range(steps):
-            loss = F.binary_cross_entropy_with_logits(net(x[train]).squeeze(1), y[train])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+        with torch.enable_grad():  # the classifier trains even when the caller samples under no_grad
+            for _ in range(steps):
+                loss = F.binary_cross_entropy_with_logits(net(x[train]).squeeze(1), y[train])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
         with torch.no_grad():
             correct += int(((net(x[test]).squeeze(1) > 0).float() == y[test]).sum())
     return correct / (2 * n)
