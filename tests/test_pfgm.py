@@ -13,6 +13,7 @@ import pytest
 import torch
 from scipy import special, stats
 
+from _checks import check_kernel_family
 from unidm.likelihood import log_likelihood
 from unidm.oracles import (EmpiricalOracle, PFGMPPPointSetOracle, check_aug_dim, pfgmpp_kernel_log_prob,
                            poisson_field, sphere_area)
@@ -355,29 +356,12 @@ def test_family_trains_and_samples_with_pfgmpp():
     ``perturb`` (the t kernel), it trains a few steps, generates with Heun from ``prior_sample`` and refuses ddpm."""
     from unidm.methods.gaussian import GaussianDiffusion
     from unidm.nn import MLP
-    from unidm.samplers import make_grid
 
     torch.manual_seed(0)
     model = GaussianDiffusion(MLP(dim=2, hidden=32, depth=2), process="pfgmpp", process_options={"aug_dim": 128},
                               data_shape=(2,))
     assert isinstance(model.process, PFGMPP) and model.process.data_dim == 2 and not model.process.gaussian_kernel
-    x0 = torch.tensor([[-1.0, 0.0], [1.0, 0.0]]).repeat(32, 1)
-    g = _gen(0)
-    sigma = model.loss_fn.noise_levels.draw(model.process, 64, g, x0.device, x0.dtype)
-    manual = model.loss_fn.at_x(model.denoiser, x0, model.process.perturb(x0, sigma, g), sigma)
-    assert torch.equal(model.loss({"x": x0}, _gen(0)), manual)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    for step in range(5):
-        opt.zero_grad()
-        loss = model.loss({"x": x0}, _gen(step)).mean()
-        loss.backward()
-        opt.step()
-        assert math.isfinite(float(loss.detach()))
-    out = model.generate(8, seeds=range(8), sampler="heun", steps=6)
-    grid = make_grid("karras", 6, model.process)
-    x = model.process.prior_sample((8, 2), float(grid[0]), seeds=range(8))
-    model.eval()
-    assert torch.equal(out, sample(model.denoiser, x, grid, "heun"))
+    out = check_kernel_family(model)
     assert bool(torch.isfinite(out).all())
     with pytest.raises(ValueError, match="ddpm.*pfgmpp"):
         model.generate(4, seeds=range(4), sampler="ddpm", steps=6)

@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import Tensor
 
+from _checks import check_kernel_family
 from unidm.guidance import AutoGuidance
 from unidm.likelihood import log_likelihood
 from unidm.losses import DenoisingLoss
@@ -327,29 +328,12 @@ def test_family_with_the_t_process(monkeypatch):
     prior with ``prior_sample`` and samples with a deterministic sampler, and refuses ``ddpm`` before drawing."""
     from unidm.methods.gaussian import GaussianDiffusion
     from unidm.nn import MLP
-    from unidm.samplers import make_grid
 
     monkeypatch.setitem(PROCESSES, "edm-t", StudentTEDM)
     torch.manual_seed(0)
     model = GaussianDiffusion(MLP(dim=2, hidden=32, depth=2), process="edm-t", process_options={"nu": 5},
                               data_shape=(2,))
     assert isinstance(model.process, StudentTEDM) and model.process.data_dim == 2
-    x0 = torch.tensor([[-1.0, 0.0], [1.0, 0.0]]).repeat(32, 1)
-    g = _gen(0)
-    sigma = model.loss_fn.noise_levels.draw(model.process, 64, g, x0.device, x0.dtype)
-    manual = model.loss_fn.at_x(model.denoiser, x0, model.process.perturb(x0, sigma, g), sigma)
-    assert torch.equal(model.loss({"x": x0}, _gen(0)), manual)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    for step in range(5):
-        opt.zero_grad()
-        loss = model.loss({"x": x0}, _gen(step)).mean()
-        loss.backward()
-        opt.step()
-        assert math.isfinite(float(loss.detach()))
-    out = model.generate(8, seeds=range(8), sampler="heun", steps=6)
-    grid = make_grid("karras", 6, model.process)
-    x = model.process.prior_sample((8, 2), float(grid[0]), seeds=range(8))
-    model.eval()
-    assert torch.equal(out, sample(model.denoiser, x, grid, "heun"))
+    check_kernel_family(model)
     with pytest.raises(ValueError, match="ddpm.*edm-t"):
         model.generate(4, seeds=range(4), sampler="ddpm", steps=6)

@@ -168,6 +168,18 @@ def _denoise(denoiser, x0: Tensor, sigma: float, generator, cond) -> tuple[Tenso
 
 
 @torch.no_grad()
+def trajectory_prior(x0: Tensor, sigmas, prior_mean: float, prior_variance: float) -> tuple[list[float], Tensor]:
+    """The checked ascending levels of a trajectory and its prior term ``KL(q(x_T | x0) || N(mu, sigma_T^2 + v))``
+    per example (nats): the start of every K-step bound (Ho et al. 2020, eq. 5, ``L_T``), in sigma-space."""
+    sig = [float(s) for s in torch.as_tensor(sigmas, dtype=torch.float64).reshape(-1)]
+    if not sig or sig[0] <= 0 or any(b <= a for a, b in zip(sig, sig[1:])):
+        raise ValueError("the trajectory's levels must be positive and strictly ascending")
+    top = sig[-1]
+    pm = torch.as_tensor(prior_mean, dtype=x0.dtype, device=x0.device)
+    var_p = top**2 + prior_variance
+    return sig, 0.5 * _sum((top**2 + (x0 - pm) ** 2) / var_p - 1.0 + math.log(var_p / top**2))
+
+
 def trajectory_elbo(
     denoiser: DenoiserFn,
     x0: Tensor,
@@ -214,14 +226,8 @@ def trajectory_elbo(
     from ..samplers import process_of
 
     check_variance(name, process_of(denoiser), gamma)
-    sig = [float(s) for s in torch.as_tensor(sigmas, dtype=torch.float64).reshape(-1)]
-    if not sig or sig[0] <= 0 or any(b <= a for a, b in zip(sig, sig[1:])):
-        raise ValueError("the trajectory's levels must be positive and strictly ascending")
+    sig, prior = trajectory_prior(x0, sigmas, prior_mean, prior_variance)
     d = x0[0].numel()
-    top = sig[-1]
-    pm = torch.as_tensor(prior_mean, dtype=x0.dtype, device=x0.device)
-    var_p = top**2 + prior_variance
-    prior = 0.5 * _sum((top**2 + (x0 - pm) ** 2) / var_p - 1.0 + math.log(var_p / top**2))
     diffusion = torch.zeros_like(prior)
     for k in range(1, len(sig)):  # in the order elbo() draws: t = 2..T, then the decoder
         r, s = sig[k], sig[k - 1]

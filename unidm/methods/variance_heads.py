@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from ..likelihood.elbo import DiscreteSchedule, ElboResult, _decoder_nll, _sum
-from ..likelihood.variance import trajectory_timesteps
+from ..likelihood.variance import trajectory_prior, trajectory_timesteps
 from ..parameterization import c_in, c_noise
 from ..processes import NOISE_LEVELS, VPDiscrete
 from ..samplers import GRIDS, check_sampler, make_grid, sample
@@ -274,14 +274,8 @@ def head_trajectory_elbo(
         raise ValueError(f"the ELBO needs eta > 0 (DDIM's q_lambda is deterministic at eta = 0), got {eta}")
     if num_levels is not None and decoder_variance is None:
         raise ValueError("the discretized decoder needs decoder_variance= (the process's beta~ after tau_1)")
-    sig = [float(s) for s in torch.as_tensor(sigmas, dtype=torch.float64).reshape(-1)]
-    if not sig or sig[0] <= 0 or any(b <= a for a, b in zip(sig, sig[1:])):
-        raise ValueError("the trajectory's levels must be positive and strictly ascending")
+    sig, prior = trajectory_prior(x0, sigmas, prior_mean, prior_variance)
     d = x0[0].numel()
-    top = sig[-1]
-    pm = torch.as_tensor(prior_mean, dtype=x0.dtype, device=x0.device)
-    var_p = top**2 + prior_variance
-    prior = 0.5 * _sum((top**2 + (x0 - pm) ** 2) / var_p - 1.0 + math.log(var_p / top**2))
 
     def at(sigma: float) -> tuple[Tensor, Tensor, Tensor]:
         eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
