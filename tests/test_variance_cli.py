@@ -71,3 +71,35 @@ def test_analytic_variance_refused_where_it_does_not_apply(vp_run, tmp_path, cap
                  "--out", str(tmp_path / "c.npz")]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "variance" in err
+
+
+def test_a_killed_gamma_computation_resumes_to_the_same_statistics(vp_run, tmp_path):
+    import shutil
+
+    from unidm.likelihood import gamma_statistics, statistics_sigmas
+
+    run_dir = str(tmp_path / "copy")
+    shutil.copytree(vp_run, run_dir, ignore=shutil.ignore_patterns("gamma"))
+    run = load_run(run_dir)
+    x = run.data.train[:100].double()
+    with torch.no_grad(), run.model.evaluating():
+        reference = gamma_statistics(run.model.denoiser, x, statistics_sigmas(run.model.process),
+                                     generator=torch.Generator().manual_seed(0), progress=False)
+    calls = {"n": 0}
+
+    def die_after_120_levels(module, inputs):  # one denoiser call per level (100 examples, batch 500)
+        calls["n"] += 1
+        if calls["n"] > 120:
+            raise RuntimeError("killed")
+
+    hook = run.model.denoiser.register_forward_pre_hook(die_after_120_levels)
+    with pytest.raises(RuntimeError, match="killed"):
+        gamma_for_run(run, n=100)
+    hook.remove()
+    folder = os.path.join(run_dir, "gamma")
+    assert [f for f in os.listdir(folder) if f.endswith(".partial.safetensors")]  # levels 1..100 were saved
+    assert not [f for f in os.listdir(folder) if not f.endswith(".partial.safetensors")]
+    stats, info = gamma_for_run(run, n=100)
+    assert info["resumed_levels"] == 100 and not info["cached"]
+    assert torch.equal(stats.gamma, reference.gamma) and torch.equal(stats.stderr, reference.stderr)
+    assert os.listdir(folder) == [os.path.basename(info["path"])]  # the partial file is gone

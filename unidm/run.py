@@ -196,11 +196,25 @@ def gamma_for_run(run: Run, n: int = 500, seed: int = 0, batch_size: int = 500,
     x = run.data.train[:n].to(model.device)
     if x.is_floating_point():
         x = x.to(dtype)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    partial_path = path[: -len(".safetensors")] + ".partial.safetensors"  # what a killed computation had done
+    partial, resumed = None, 0
+    if os.path.isfile(partial_path):
+        try:
+            saved = load_safetensors(partial_path)
+            partial = (saved["gamma"], saved["stderr"], saved["done"].bool())
+            resumed = int(partial[2].sum())
+        except (CheckpointError, KeyError):
+            partial = None  # a damaged partial file: start over
+
+    def save(gamma, stderr, done):
+        atomic_save_safetensors({"gamma": gamma, "stderr": stderr, "done": done.to(torch.uint8)}, partial_path)
+
     with torch.no_grad(), model.evaluating():
         stats = gamma_statistics(model.denoiser, x, statistics_sigmas(model.process), batch_size=batch_size,
-                                 generator=torch.Generator().manual_seed(seed))
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+                                 generator=torch.Generator().manual_seed(seed), partial=partial, on_progress=save)
     tensors, meta = stats.state()
     atomic_save_safetensors(tensors, path, metadata={**meta, "digest": digest, "seed": str(seed)})
+    os.remove(partial_path)
     return stats, {"n": len(x), "levels": len(stats.sigmas), "seconds": time.perf_counter() - t0, "cached": False,
-                   "path": path}
+                   "path": path, "resumed_levels": resumed}

@@ -21,7 +21,7 @@ space, ``N(0, (sigma_K^2 + 1) I)`` in sigma-space (``prior_variance=1``).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -58,7 +58,8 @@ def statistics_sigmas(process, n: int = 256) -> Tensor:
 def gamma_statistics(
     denoiser: DenoiserFn, x0: Tensor, sigmas: Tensor | Sequence[float], *, n_mc: int = 1, batch_size: int = 1000,
     generator: torch.Generator | None = None, progress: bool | None = None, cond: dict | None = None,
-    estimator: str = "mse",
+    estimator: str = "mse", partial: tuple[Tensor, Tensor, Tensor] | None = None,
+    on_progress: Callable[[Tensor, Tensor, Tensor], None] | None = None, every: int = 50,
 ) -> GammaStats:
     """``Gamma(sigma) = E||(x - D(x, sigma)) / sigma||^2 / d`` over ``x0 [n, ...]`` and ``n_mc`` noise draws per
     example at each of ``sigmas`` (Bao et al. 2022, Thm 1: their ``E||eps_hat_n(x_n)||^2 / d``), with the standard
@@ -76,7 +77,9 @@ def gamma_statistics(
 
     Deterministic: the noise at level ``i`` comes from a generator seeded with the ``i``-th of ``len(sigmas)`` seeds
     drawn from ``generator`` first, so a level's value does not depend on the batch size, and a computation cut
-    short can be resumed level by level. ``progress`` (default: more than 50 levels) shows a tqdm bar.
+    short can be resumed level by level: ``partial = (gamma, stderr, done)`` holds what an earlier call computed
+    (``done`` a boolean mask over the sorted levels), and ``on_progress(gamma, stderr, done)`` is called every
+    ``every`` levels and at the end, e.g. to save them. ``progress`` (default: more than 50 levels) shows a tqdm bar.
 
     Returns:
         :class:`~unidm.samplers.variance.GammaStats` on ``sigmas`` sorted ascending.
@@ -96,7 +99,15 @@ def gamma_statistics(
 
         levels = tqdm(levels, desc="Gamma", dynamic_ncols=True, leave=False)
     gamma, stderr = torch.empty(len(sig), dtype=torch.float64), torch.empty(len(sig), dtype=torch.float64)
+    done = torch.zeros(len(sig), dtype=torch.bool)
+    if partial is not None:
+        if not all(len(t) == len(sig) for t in partial):
+            raise ValueError(f"partial Gamma statistics hold {len(partial[0])} levels, this call {len(sig)}")
+        done = partial[2].clone().bool()
+        gamma[done], stderr[done] = partial[0][done].double(), partial[1][done].double()
     for i in levels:
+        if done[i]:
+            continue
         s = float(sig[i])
         g = torch.Generator().manual_seed(int(seeds[i]))
         per_example = torch.zeros(n, dtype=torch.float64)
@@ -112,6 +123,11 @@ def gamma_statistics(
             per_example = 1.0 - per_example
         gamma[i] = per_example.mean()
         stderr[i] = per_example.std() / math.sqrt(n) if n > 1 else math.inf
+        done[i] = True
+        if on_progress is not None and int(done.sum()) % every == 0:
+            on_progress(gamma, stderr, done)
+    if on_progress is not None:
+        on_progress(gamma, stderr, done)
     return GammaStats(sig, gamma, stderr, n=n, n_mc=n_mc)
 
 
