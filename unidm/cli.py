@@ -269,6 +269,12 @@ def cmd_sample(args) -> int:
         if grid == "dp":
             extra["grid_options"] = {"gamma": stats}
     plan = run.model.check_sampling(args.sampler or s.sampler, args.steps or s.steps, grid, options)
+    if plan.grid == "tuned":  # a grid fitted to these weights by `unidm tune-grid` (refused if absent or stale)
+        from .run import load_tuned_grid
+
+        tuned = load_tuned_grid(run, plan.sampler, plan.steps, plan.options, _tuning_conditioning(args))
+        extra["grid_options"] = {"tuned": tuned}
+        print(f"tuned grid ({tuned.sampler}, {tuned.nfe} NFE): {' '.join(f'{v:.4g}' for v in tuned.sigmas.tolist())}")
     seeds = range(args.seed, args.seed + args.n)
     t0 = time.perf_counter()
     chunks = []
@@ -284,6 +290,44 @@ def cmd_sample(args) -> int:
     print(f"{args.n} samples ({plan.sampler}, {plan.steps} steps, {plan.grid} grid) in {dt:.2f} s -> {out}")
     if args.plot:
         print(f"plot: {plot_samples(x, run.data, args.plot, title=f'{plan.sampler}, {plan.steps} steps')}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------- tune-grid
+def _tuning_conditioning(args) -> dict:
+    """The conditional / guided sampling flags that change the denoiser, as JSON (it keys a tuned grid's file)."""
+    keys = ("class_label", "null_label", "guidance", "guide", "scale", "classifier", "sigma_lo", "sigma_hi",
+            "rescale")
+    if getattr(args, "class_label", None) is None and not getattr(args, "guidance", None) \
+            and not getattr(args, "null_label", False):
+        return {}
+    return {k: (str(v) if isinstance(v, float) and abs(v) == float("inf") else v)
+            for k in keys if (v := getattr(args, k, None)) is not None}
+
+
+def cmd_tune_grid(args) -> int:
+    from .commands import guidance
+    from .run import tuned_grid_for_run
+
+    run = _generative_run(args.run, args.device)
+    plan = run.model.check_sampling(args.sampler, 1, "tuned", _option_items(args.option))
+    extra = guidance.generate_options(run, args)
+    cond = {}
+    labels = extra.get("class_labels", None)
+    if labels is not None:
+        cond["class_labels"] = torch.full((args.samples,), int(labels), dtype=torch.long, device=run.model.device)
+    else:
+        cond.update(guidance.prior_labels(run.model, run.data, range(args.samples), args))
+    tuned, info = tuned_grid_for_run(run, plan.sampler, args.nfe, samples=args.samples, seed=args.seed,
+                                     options=plan.options, denoiser=extra.get("denoiser"), cond=cond or None,
+                                     conditioning=_tuning_conditioning(args), progress=_is_rank0())
+    how = "cached" if info["cached"] else f"fitted in {tuned.seconds:.1f} s, {tuned.evaluations} solves"
+    print(f"{tuned.sampler}: {tuned.steps} steps = {tuned.nfe} NFE; RMSE against the adaptive reference on "
+          f"{tuned.samples} prior noises: tuned {tuned.error:.4g}, start grid {tuned.init} {tuned.init_error:.4g}, "
+          f"Karras {tuned.fixed_errors.get('karras-rho7', float('nan')):.4g} ({how})")
+    print(f"grid: {' '.join(f'{v:.4g}' for v in tuned.sigmas.tolist())}")
+    print(f"-> {info['path']}; use it with: unidm sample {args.run} --grid tuned --sampler {tuned.sampler} "
+          f"--steps {tuned.steps}")
     return 0
 
 
@@ -406,6 +450,21 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--device", type=device_name, default="cpu", help="cpu, cuda, cuda:N, mps or auto")
     guidance.add_sample_arguments(sp)
     sp.set_defaults(fn=cmd_sample)
+
+    sp = sub.add_parser("tune-grid", help="fit a sampler's noise-level grid to a run's model (for --grid tuned)",
+                        formatter_class=fmt)
+    sp.add_argument("run", help="run folder (a diffusion / flow run)")
+    sp.add_argument("--nfe", type=positive_int, required=True,
+                    help="denoiser calls; the sampler takes as many steps as fit (heun: (NFE + 1) // 2)")
+    sp.add_argument("--sampler", required=True, metavar="NAME", help="a deterministic fixed-grid sampler")
+    sp.add_argument("--samples", type=positive_int, default=256,
+                    help="calibration noises drawn from the prior (no data needed)")
+    sp.add_argument("--seed", type=seed_int, default=0, help="seed of the calibration noises")
+    sp.add_argument("--option", action="append", metavar="KEY=VALUE", help="a sampler option (repeatable), "
+                                                                           "e.g. order=2; sample with the same")
+    sp.add_argument("--device", type=device_name, default="cpu", help="cpu, cuda, cuda:N, mps or auto")
+    guidance.add_sample_arguments(sp)
+    sp.set_defaults(fn=cmd_tune_grid)
 
     sp = sub.add_parser("eval", help="sample quality against held-out data, with noise floors", formatter_class=fmt)
     sp.add_argument("run", help="run folder")

@@ -15,7 +15,7 @@ from .train.checkpoint import CheckpointError, latest_checkpoint, load_safetenso
 from .utils import check_choice
 
 __all__ = ["Run", "StoredData", "build_data", "build_model", "data_info", "gamma_for_run", "load_run",
-           "load_weights", "require_examples"]
+           "load_tuned_grid", "load_weights", "require_examples", "tuned_grid_for_run"]
 
 
 def build_data(cfg: RunConfig) -> Dataset:
@@ -218,3 +218,88 @@ def gamma_for_run(run: Run, n: int = 500, seed: int = 0, batch_size: int = 500,
     os.remove(partial_path)
     return stats, {"n": len(x), "levels": len(stats.sigmas), "seconds": time.perf_counter() - t0, "cached": False,
                    "path": path, "resumed_levels": resumed}
+
+
+def _tuned_grid_path(run: Run, sampler: str, nfe: int, conditioning: dict | None) -> str:
+    import hashlib
+
+    tag = ""
+    if conditioning:
+        tag = "-" + hashlib.sha256(json.dumps(conditioning, sort_keys=True).encode()).hexdigest()[:8]
+    return os.path.join(run.path, "tuned_grids", f"{sampler}-nfe{nfe}{tag}.json")
+
+
+def tuned_grid_for_run(run: Run, sampler: str, nfe: int, *, samples: int = 256, seed: int = 0,
+                       options: dict | None = None, denoiser=None, cond: dict | None = None,
+                       conditioning: dict | None = None, progress: bool = True, **tune_options) -> tuple:
+    """Fit the grid of ``sampler`` at ``nfe`` denoiser calls to a denoising run (:func:`unidm.samplers.tuning.
+    tune_grid` on ``samples`` calibration noises from the process's prior, seed ``seed``) and store it as JSON in
+    ``RUN/tuned_grids/<sampler>-nfe<NFE>[-<conditioning hash>].json`` with the weights' digest, written atomically.
+    ``denoiser`` replaces the run's own (a guided wrapper), described by the JSON-able ``conditioning`` (which keys
+    the file); ``cond`` is passed to every denoiser call. A stored grid with the same digest, options, samples,
+    seed and conditioning is read back instead. Returns ``(TunedGrid, info)``, ``info = {"cached", "path",
+    "digest"}``."""
+    from .methods import DenoisingModel
+    from .samplers import resolve_method
+    from .samplers.tuning import TunedGrid, steps_for_nfe, nfe_of, tune_grid
+    from .train.checkpoint import atomic_write_bytes, param_digest
+
+    model = run.model
+    if not isinstance(model, DenoisingModel):
+        raise ValueError(f"grid tuning needs a denoising (diffusion) run; {run.path} is a {run.config.family!r} run")
+    name, options = resolve_method(sampler), dict(options or {})
+    used = nfe_of(name, steps_for_nfe(name, int(nfe), **options), **options)
+    digest = param_digest(model.state_dict())[:16]
+    conditioning = dict(conditioning or {})
+    path = _tuned_grid_path(run, name, used, conditioning)
+    want = {"digest": digest, "options": options, "samples": int(samples), "seed": int(seed),
+            "conditioning": conditioning}
+    if os.path.isfile(path):
+        with open(path) as f:
+            stored = json.load(f)
+        if all(stored.get(k) == v for k, v in want.items()):
+            return TunedGrid.from_dict(stored), {"cached": True, "path": path, "digest": digest}
+    D = denoiser if denoiser is not None else model.denoiser
+    with torch.no_grad(), model.evaluating():
+        tuned = tune_grid(D, name, int(nfe), shape=model.data_shape, process=model.process, samples=samples,
+                          seed=seed, options=options, cond=cond, device=model.device, progress=progress,
+                          dtype=next(model.parameters()).dtype, **tune_options)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    atomic_write_bytes(path, json.dumps({**tuned.to_dict(), **want}, indent=1).encode())
+    return tuned, {"cached": False, "path": path, "digest": digest}
+
+
+def load_tuned_grid(run: Run, sampler: str, steps: int, options: dict | None = None,
+                    conditioning: dict | None = None):
+    """The grid stored by :func:`tuned_grid_for_run` for ``sampler`` at ``steps`` steps (its NFE) and these
+    ``options`` and ``conditioning``, as a :class:`~unidm.samplers.tuning.TunedGrid`.
+
+    Raises:
+        ValueError: one line, if no grid was tuned for that sampler and NFE (naming the command that tunes one
+            and the grids that are there), or the run's weights changed since (digests differ), or the grid was
+            tuned with other sampler options.
+    """
+    from .samplers import resolve_method
+    from .samplers.tuning import TunedGrid, nfe_of
+    from .train.checkpoint import param_digest
+
+    name, options = resolve_method(sampler), dict(options or {})
+    nfe = nfe_of(name, int(steps), **options)
+    path = _tuned_grid_path(run, name, nfe, conditioning)
+    cmd = f"unidm tune-grid {run.path} --sampler {name} --nfe {nfe}"
+    if not os.path.isfile(path):
+        folder = os.path.join(run.path, "tuned_grids")
+        there = sorted(f[:-5] for f in os.listdir(folder) if f.endswith(".json")) if os.path.isdir(folder) else []
+        raise ValueError(f"no grid tuned for sampler {name!r} at {nfe} NFE ({steps} steps)"
+                         f"{' with this guidance' if conditioning else ''} in {run.path}; run `{cmd}` first "
+                         f"(tuned: {', '.join(there) or 'none'})")
+    with open(path) as f:
+        stored = json.load(f)
+    digest = param_digest(run.model.state_dict())[:16]
+    if stored.get("digest") != digest:
+        raise ValueError(f"the tuned grid {path} was fitted to other weights (digest {stored.get('digest')}, the "
+                         f"run's are {digest}); tune again: `{cmd}`")
+    if stored.get("options", {}) != options:
+        raise ValueError(f"the tuned grid {path} was fitted with sampler options {stored.get('options')}, not "
+                         f"{options}; tune again with those options")
+    return TunedGrid.from_dict(stored)

@@ -53,8 +53,9 @@ class GaussianDiffusion(DenoisingModel, SupportsLikelihood):
     samplers = METHODS
     sampler_aliases = ALIASES
     #: every grid of :data:`unidm.samplers.GRIDS`, and ``dp``: Analytic-DPM's ELBO-optimal trajectory over the
-    #: process's levels, which needs ``grid_options={"gamma": GammaStats}`` (:func:`unidm.samplers.variance.dp_grid`)
-    grids = (*GRIDS, "dp")
+    #: process's levels, which needs ``grid_options={"gamma": GammaStats}`` (:func:`unidm.samplers.variance.dp_grid`);
+    #: ``tuned``: a grid fitted to the model, ``grid_options={"tuned": TunedGrid}`` (:func:`unidm.run.load_tuned_grid`)
+    grids = (*GRIDS, "dp", "tuned")
     default_sampling = {"sampler": "heun", "steps": 32, "grid": "karras"}
     sampler_seed_offset = 1_000_003
     sampler_internal = ("denoiser", "x", "grid", "generator", "callback", "cond")
@@ -149,6 +150,16 @@ class GaussianDiffusion(DenoisingModel, SupportsLikelihood):
                           **plan.options)
 
     def _grid(self, plan, grid_options: dict) -> Tensor:
+        if plan.grid == "tuned":
+            tuned = grid_options.get("tuned")
+            if tuned is None:
+                raise ValueError("grid 'tuned' needs a grid fitted to the model: "
+                                 "grid_options={'tuned': unidm.run.load_tuned_grid(run, sampler, steps)}")
+            g = torch.as_tensor(getattr(tuned, "sigmas", tuned), dtype=torch.float64)
+            if len(g) != plan.steps + 1 or getattr(tuned, "sampler", plan.sampler) != plan.sampler:
+                raise ValueError(f"the tuned grid is for {getattr(tuned, 'sampler', '?')} with {len(g) - 1} steps, "
+                                 f"not {plan.sampler} with {plan.steps}")
+            return g
         if plan.grid != "dp":
             return make_grid(plan.grid, plan.steps, self.process, **grid_options)
         from ..samplers.variance import dp_grid
