@@ -37,13 +37,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from unidm.oracles import GaussianMixtureOracle  # noqa: E402
 from unidm.processes import VPDiscrete  # noqa: E402
 from unidm.samplers import STOCHASTIC, karras_grid, log_snr_grid, sample, solve, uniform_t_grid  # noqa: E402
+from unidm.samplers.tuning import tune_grid  # noqa: E402
 
 F64 = torch.float64
 BETAS = torch.linspace(1e-4, 0.02, 1000, dtype=F64)
 ABAR = torch.cumprod(1 - BETAS, 0)
 SIGMA_MAX = float(((1 - ABAR[-1]) / ABAR[-1]).sqrt())  # 157.4
 SIGMA_MIN_DDPM = float(((1 - ABAR[0]) / ABAR[0]).sqrt())  # 0.01
-BUDGETS = (5, 10, 20, 50)
+BUDGETS = (4, 5, 6, 8, 10, 20, 50)
+#: unidm samplers whose grid is tuned to each problem (unidm.samplers.tuning), on calibration noises of their own
+TUNED = {"ipndm": ("ipndm", {}), "unipc-2": ("unipc", {"order": 2}), "dpmpp_3m": ("dpmpp_3m", {}),
+         "unipc-3": ("unipc", {"order": 3})}
+TUNED_BUDGETS = (4, 5, 6, 8, 10)
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -117,6 +122,21 @@ def run_unidm(oracle, x, budget):
             yield f"{name}@{gname}", res.x, res.nfe, method in STOCHASTIC
 
 
+def run_tuned(oracle, x, budget, samples, tuning_log):
+    """unidm's samplers on grids fitted to ``oracle`` (``tune_grid`` on ``samples`` calibration noises drawn with
+    seed 7, never the benchmark's own noises ``x``)."""
+    if budget not in TUNED_BUDGETS:
+        return
+    for name, (method, opts) in TUNED.items():
+        t = tune_grid(oracle, method, budget, shape=x.shape[1:], process=VPDiscrete(), sigma_max=SIGMA_MAX,
+                      sigma_min=0.002, samples=samples, seed=7, options=opts)
+        tuning_log.append({"name": name, "budget": budget, "seconds": t.seconds, "evaluations": t.evaluations,
+                           "init": t.init, "init_error": t.init_error, "error": t.error,
+                           "karras_error": t.fixed_errors["karras-rho7"], "sigmas": [float(v) for v in t.sigmas]})
+        res = solve(oracle, x, t.sigmas, method, **opts)
+        yield f"{name}@tuned", res.x, res.nfe, False
+
+
 # ---- diffusers ----------------------------------------------------------------------------------------------------
 def diffusers_configs():
     try:
@@ -146,6 +166,20 @@ def diffusers_configs():
         cfg[f"heun{tag}"] = (d.HeunDiscreteScheduler, kw, two, False)
         cfg[f"lms{tag}"] = (d.LMSDiscreteScheduler, kw, one, False)
         cfg[f"dpm_2{tag}"] = (d.KDPM2DiscreteScheduler, kw, two, False)
+    # flow matching (rectified flow, x_t = (1 - t) x0 + t eps, v = eps - x0) on the schedulers' own time grids,
+    # with their shift options (SD3 / Flux use shift 3)
+    flow = dict(num_train_timesteps=1000)
+    fkw = dict(flow, use_flow_sigmas=True, prediction_type="flow_prediction")
+    for shift in (1.0, 3.0):
+        tag = f"@flow-shift{shift:g}"
+        cfg[f"euler{tag}"] = (d.FlowMatchEulerDiscreteScheduler, dict(flow, shift=shift), one, False)
+        cfg[f"heun{tag}"] = (d.FlowMatchHeunDiscreteScheduler, dict(flow, shift=shift), two, False)
+        for order in (2, 3):
+            cfg[f"dpmpp_{order}m{tag}"] = (d.DPMSolverMultistepScheduler,
+                                           dict(fkw, flow_shift=shift, solver_order=order), one, False)
+            # (UniPC bh1 returns NaN with flow sigmas in diffusers 0.42.1: left out)
+            cfg[f"unipc-{order}-bh2{tag}"] = (d.UniPCMultistepScheduler,
+                                              dict(fkw, flow_shift=shift, solver_order=order), one, False)
     cfg["ddim@trailing"] = (d.DDIMScheduler, dict(base, clip_sample=False, timestep_spacing="trailing",
                                                   set_alpha_to_one=True), one, False)
     cfg["ddpm@trailing"] = (d.DDPMScheduler, dict(base, clip_sample=False, timestep_spacing="trailing",
@@ -153,9 +187,45 @@ def diffusers_configs():
     return cfg
 
 
+def _flow_velocity(oracle, xt, t):
+    """``v = eps - x0`` of the flow-matching path at time ``t`` from the sigma-space oracle: ``x_ve = x_t / (1 - t)``,
+    ``sigma = t / (1 - t)`` (``t = 1``: ``sigma = 1e8``)."""
+    t = min(float(t), 1.0)
+    s = t / (1 - t) if t < 1 - 1e-8 else 1e8
+    xs = xt * (1 + s)  # = x_t / (1 - t)
+    d0 = oracle(xs, torch.full((xt.shape[0],), s, dtype=F64))
+    return (xt - d0) / t
+
+
+def run_flow_one(cls, kw, oracle, x, n):
+    """A diffusers flow-matching scheduler from ``t = 1``. The state there is the reference trajectory's: ``x``
+    at ``sigma_max`` is ``x_t = x / (1 + sigma_max)`` at ``t0 = sigma_max / (1 + sigma_max)``, carried to ``t = 1``
+    by one Heun step (``1 - t0 = 0.006``; these two calls are not counted)."""
+    t0 = SIGMA_MAX / (1 + SIGMA_MAX)
+    xt = x / (1 + SIGMA_MAX)
+    v0 = _flow_velocity(oracle, xt, t0)
+    v1 = _flow_velocity(oracle, xt + (1 - t0) * v0, 1.0)
+    sample_ = xt + (1 - t0) * (v0 + v1) / 2
+    sched = cls(**kw)
+    sched.set_timesteps(n)
+    nfe = 0
+    for k, t in enumerate(sched.timesteps):
+        tt = float(t) / sched.config.num_train_timesteps
+        sig = getattr(sched, "sigmas", None)
+        if sig is not None:  # the scheduler's own sigma (= t) at this call, when it keeps one
+            i = getattr(sched, "step_index", None)
+            tt = float(sig[i if i is not None else k])
+        v = _flow_velocity(oracle, sample_, tt)
+        nfe += 1
+        sample_ = sched.step(v.to(sample_.dtype), t, sample_).prev_sample.to(F64)
+    return sample_, nfe
+
+
 def run_diffusers_one(cls, kw, oracle, x, n, seed=1):
     import warnings
     warnings.filterwarnings("ignore")
+    if "flow" in cls.__name__.lower() or kw.get("use_flow_sigmas"):
+        return run_flow_one(cls, kw, oracle, x, n)
     sched = cls(**kw)
     sched.set_timesteps(n)
     abar = sched.alphas_cumprod.to(F64)
@@ -287,9 +357,15 @@ def overhead(K, dcfg, steps=100):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fewer samples and budgets (smoke run)")
+    ap.add_argument("--tune-samples", type=int, default=0,
+                    help="calibration noises for the tuned grids (default 1000 in 2-D, 256 in 16-D)")
+    ap.add_argument("--budgets", help="comma-separated NFE budgets (default 4,5,6,8,10,20,50)")
     args = ap.parse_args()
     n_samples = {2: 2000, 16: 1000} if not args.quick else {2: 300, 16: 200}
+    tune_samples = {2: args.tune_samples or 1000, 16: args.tune_samples or 256}
     budgets = BUDGETS if not args.quick else (10,)
+    if args.budgets:
+        budgets = tuple(int(b) for b in args.budgets.split(","))
     K = load_k_sampling()
     kcfg, dcfg = k_configs(K), diffusers_configs()
     results = {"budgets": list(budgets), "sigma_max": SIGMA_MAX, "problems": {}}
@@ -305,12 +381,13 @@ def main():
                               oracle.sample(n, generator=torch.Generator().manual_seed(300 + j)))
                     for j in range(5)) / 5
         prob = {"dim": dim, "components": k, "n": n, "sw_floor": floor, "reference_nfe": ref.nfe,
-                "sw_reference": sliced_w2(ref.x, truth), "rows": []}
+                "sw_reference": sliced_w2(ref.x, truth), "rows": [], "tuning": []}
         print(f"\n## {dim}-D mixture, {k} components, {n} samples; reference: adaptive rtol=atol=1e-9 "
               f"({ref.nfe} NFE, {time.time() - t:.1f}s); SW2 noise floor {floor:.4f}, "
               f"reference SW2 {prob['sw_reference']:.4f}")
         for budget in budgets:
-            sources = [("unidm", run_unidm(oracle, x, budget))]
+            sources = [("unidm", run_unidm(oracle, x, budget)),
+                       ("unidm", run_tuned(oracle, x, budget, tune_samples[dim], prob["tuning"]))]
             if dcfg:
                 sources.append(("diffusers", run_diffusers(oracle, x, budget, dcfg)))
             if K is not None:

@@ -172,7 +172,8 @@ def grid_error(denoiser: DenoiserFn, x: Tensor, grid: Tensor, sampler: str, refe
 
 def _fixed_grids(steps: int, sigma_min: float, sigma_max: float, process) -> dict[str, Tensor]:
     """The fixed start grids: Karras rho 7 and 3, log-SNR, polyexponential rho 2 and the process's uniform-t, each
-    ending at ``sigma_min`` and (few steps favour a later last level) at 10x and 100x ``sigma_min``."""
+    ending at ``sigma_min`` and (few steps favour a later last level) at 10x and 100x ``sigma_min``; and rectified
+    flow's grid uniform in ``t = sigma / (1 + sigma)`` (shift 1 and 3, diffusers' FlowMatch schedulers)."""
     grids = {}
     for mult in (1, 10, 100):
         lo = sigma_min * mult
@@ -191,6 +192,14 @@ def _fixed_grids(steps: int, sigma_min: float, sigma_max: float, process) -> dic
                     grids[f"uniform-t{tag}"] = g
             except (NotImplementedError, AttributeError, ValueError, TypeError):
                 pass
+    for shift in (1.0, 3.0):  # rectified flow's grid (diffusers' FlowMatch schedulers): t = sigma / (1 + sigma)
+        t_max = sigma_max / (1 + sigma_max)  # uniform in t from t_max, the last positive level at t_max / n
+        t = t_max * torch.linspace(1, 0, steps + 1, dtype=torch.float64)[:-1]
+        t = shift * t / (1 + (shift - 1) * t)
+        g = torch.cat([t / (1 - t), torch.zeros(1, dtype=torch.float64)])
+        g[0] = sigma_max
+        if bool((g[1:] < g[:-1]).all()) and float(g[-2]) > sigma_min:
+            grids[f"flow-shift{shift:g}"] = g
     return grids
 
 
@@ -230,8 +239,9 @@ def tune_grid(
             the lowest the tuned grid may reach, and where the reference solve stops (then ``x <- D(x, floor)``).
         samples, seed: ``M`` calibration noises drawn with ``torch.Generator().manual_seed(seed)``; or ``noise``.
         init: ``"best"`` (the fixed grid with the least error among Karras rho 7 and 3, log-SNR,
-            polyexponential rho 2 and the process's uniform-t, ending at 1, 10 and 100 times ``sigma_min``; their
-            names are the keys of ``fixed_errors``), one of those names, or a grid tensor.
+            polyexponential rho 2 and the process's uniform-t, ending at 1, 10 and 100 times ``sigma_min``, and
+            rectified flow's uniform-t grid with shift 1 and 3; their names are the keys of ``fixed_errors``), one
+            of those names, or a grid tensor.
         max_evals: per Nelder–Mead run (default ``150 + 60 (K - 1)``), ``restarts`` more from its best point.
         rtol: tolerance (``rtol = atol``) of the adaptive reference.
 
