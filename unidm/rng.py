@@ -17,7 +17,7 @@ from typing import Sequence, Union
 import torch
 from torch import Tensor
 
-__all__ = ["Generators", "seed_generators", "randn", "rand"]
+__all__ = ["Generators", "seed_generators", "row_generators", "randn", "rand"]
 
 #: one generator for the whole batch, one per row, or None (the global RNG)
 Generators = Union[torch.Generator, Sequence[torch.Generator], None]
@@ -31,6 +31,17 @@ def seed_generators(seeds: Sequence[int], offset: int = 0) -> list[torch.Generat
     decides its samples.
     """
     return [torch.Generator().manual_seed(int(s) + int(offset)) for s in seeds]
+
+
+def row_generators(rows: int, seeds: Sequence[int] | None = None, generator: Generators = None) -> Generators:
+    """One generator per seed when ``seeds`` are given (exactly one per row, else a ``ValueError``), else
+    ``generator`` as it is: how every prior draw turns its ``seeds``/``generator`` arguments into generators."""
+    if seeds is None:
+        return generator
+    seeds = list(seeds)
+    if len(seeds) != rows:
+        raise ValueError(f"got {len(seeds)} seeds for a batch of {rows}")
+    return seed_generators(seeds)
 
 
 def _draw(fn, shape: Sequence[int], generator: Generators, dtype, device) -> Tensor:

@@ -20,7 +20,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from ..rng import Generators, randn, seed_generators
+from ..rng import Generators, randn, row_generators
 
 __all__ = [
     "GaussianProcess",
@@ -59,12 +59,7 @@ def gaussian_prior_sample(
     seed gives the same numbers on every device). With ``seeds`` (one per row), row ``i`` comes from a generator
     seeded with ``seeds[i]`` alone; else from ``generator`` (one, one per row, or the global RNG)."""
     shape = tuple(shape)
-    if seeds is not None:
-        seeds = list(seeds)
-        if len(seeds) != shape[0]:
-            raise ValueError(f"got {len(seeds)} seeds for a batch of {shape[0]}")
-        generator = seed_generators(seeds)
-    eps = randn(shape, generator, dtype, "cpu")
+    eps = randn(shape, row_generators(shape[0], seeds, generator), dtype, "cpu")
     return (eps * sigma_max).to(device)
 
 

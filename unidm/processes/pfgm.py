@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from ..oracles import check_aug_dim, pfgmpp_kernel_log_prob
-from ..rng import Generators, rand, randn, seed_generators
+from ..rng import Generators, rand, randn, row_generators, seed_generators  # noqa: F401 (seed_generators: the doctests)
 from .gaussian import EDM, per_example
 
 __all__ = ["PFGMPP", "PFGM_PROCESSES", "sample_gamma", "kernel_noise", "kernel_noise_radial", "check_aug_dim"]
@@ -175,11 +175,7 @@ class PFGMPP(EDM):
         if self.aug_dim is None:
             return super().prior_sample(shape, sigma_max, seeds, generator, dtype, device)
         shape = tuple(shape)
-        if seeds is not None:
-            seeds = list(seeds)
-            if len(seeds) != shape[0]:
-                raise ValueError(f"got {len(seeds)} seeds for a batch of {shape[0]}")
-            generator = seed_generators(seeds)
+        generator = row_generators(shape[0], seeds, generator)
         return (sigma_max * kernel_noise(shape, self.aug_dim, generator, dtype, "cpu")).to(device)
 
     def prior_log_prob(self, x: Tensor, sigma_max: float, prior_variance: float = 0.0) -> Tensor:
