@@ -114,8 +114,14 @@ class DistInfo:
     def close(self) -> None:
         """Leave the process group if :meth:`from_env` created it."""
         if self.owns_group and dist.is_initialized():
-            # every rank reaches here before any tears the group down: gloo aborts a process (SIGABRT, "terminate
-            # called without an active exception") whose peer destroys the group under it
+            # Free the DistributedDataParallel wrapper (it sits in reference cycles) and with it the last references
+            # to gloo's work objects now, while the interpreter is whole: left to interpreter shutdown, gloo's
+            # threads release tensors after Python is gone and the process aborts ("terminate called without an
+            # active exception", SIGABRT) after a finished run. Then every rank leaves together.
+            import gc
+
+            gc.collect()
             dist.barrier()
             dist.destroy_process_group()
+            gc.collect()
             self.owns_group = False
