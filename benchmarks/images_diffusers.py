@@ -62,6 +62,34 @@ def train_step(model, opt, noise_sched, x: torch.Tensor) -> float:
     return loss.item()
 
 
+def ddpm_training(model, lr: float, warmup: int, ema_decay: float):
+    """The baseline's optimizer, warm-up schedule, EMA and DDPM noise schedule for ``model``:
+    ``(noise_sched, opt, lr_sched, ema)``."""
+    noise_sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear")
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
+    ema = EMAModel(model.parameters(), decay=ema_decay, use_ema_warmup=True)
+    return noise_sched, opt, lr_sched, ema
+
+
+def training_steps(model, noise_sched, opt, lr_sched, ema, x: torch.Tensor, batch_size: int, generator):
+    """DDPM steps over epochs of random permutations of ``x`` drawn from ``generator`` (the last partial batch of an
+    epoch is dropped); yields ``(step, train_seconds, loss)`` after each step, and the caller decides when to stop."""
+    n = len(x)
+    perm, pos, step, seconds = torch.randperm(n, generator=generator), 0, 0, 0.0
+    while True:
+        if pos + batch_size > n:
+            perm, pos = torch.randperm(n, generator=generator), 0
+        t0 = time.perf_counter()
+        model.train()
+        loss = train_step(model, opt, noise_sched, x[perm[pos:pos + batch_size]])
+        lr_sched.step()
+        ema.step(model.parameters())
+        seconds += time.perf_counter() - t0
+        pos, step = pos + batch_size, step + 1
+        yield step, seconds, loss
+
+
 @torch.no_grad()
 def draw(model, noise_sched, n: int, nfe: int, sampler: str = "dpmpp_2m", seed: int = 0) -> tuple[torch.Tensor, float]:
     """``n`` samples in one batch with ``nfe`` steps of ``sampler``; returns samples in [-1, 1] and seconds."""
@@ -103,10 +131,7 @@ def main(argv: list[str] | None = None) -> int:
 
     model = UNet2DModel(**UNET)
     params = sum(q.numel() for q in model.parameters())
-    noise_sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear")
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr)
-    lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / args.warmup))
-    ema = EMAModel(model.parameters(), decay=args.ema_decay, use_ema_warmup=True)
+    noise_sched, opt, lr_sched, ema = ddpm_training(model, args.lr, args.warmup, args.ema_decay)
     print(f"diffusers UNet2DModel {params / 1e6:.3f} M parameters; Fréchet floor {floor:.3f} ({n} training vs "
           f"{len(data.test)} held-out images); {args.threads} thread(s)", flush=True)
 
@@ -126,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     history: list[dict] = []
     reached: dict = {}
     g = torch.Generator().manual_seed(args.seed)
-    step, train_seconds, perm, pos = 0, 0.0, torch.randperm(n, generator=g), 0
+    step, train_seconds = 0, 0.0
 
     def run_probe(loss: float) -> None:
         ema.copy_to(probe.parameters())
@@ -142,18 +167,12 @@ def main(argv: list[str] | None = None) -> int:
               f"Fréchet {fd:.3f} (floor {floor:.3f})", flush=True)
 
     losses: list[float] = []
-    while train_seconds < 60 * args.max_minutes:
-        if pos + bs > n:  # a new epoch; the last partial batch is dropped
-            perm, pos = torch.randperm(n, generator=g), 0
-        t0 = time.perf_counter()
-        model.train()
-        losses.append(train_step(model, opt, noise_sched, data.train[perm[pos:pos + bs]]))
-        lr_sched.step()
-        ema.step(model.parameters())
-        train_seconds += time.perf_counter() - t0
-        pos, step = pos + bs, step + 1
+    for step, train_seconds, loss in training_steps(model, noise_sched, opt, lr_sched, ema, data.train, bs, g):
+        losses.append(loss)
         if step % args.eval_every == 0:
             run_probe(sum(losses[-50:]) / len(losses[-50:]))
+        if train_seconds >= 60 * args.max_minutes:
+            break
     if not history or history[-1]["step"] != step:
         run_probe(sum(losses[-50:]) / len(losses[-50:]))
 

@@ -47,7 +47,8 @@ import warnings
 import torch
 from images_diffusers import (  # benchmarks/images_diffusers.py (this folder): the DDPM baseline
     UNET,
-    train_step,
+    ddpm_training,
+    training_steps,
 )
 
 from unidm.data.images import digits_dataset
@@ -63,7 +64,6 @@ from unidm.samplers import CountingDenoiser, make_grid, prior_noise, solve
 try:
     import diffusers
     from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
-    from diffusers.training_utils import EMAModel
 except ImportError:  # pragma: no cover
     sys.exit("benchmarks/interop.py needs Hugging Face diffusers: pip install -e \".[diffusers]\"")
 
@@ -116,29 +116,20 @@ def train_model(data, args) -> tuple[UNet2DModel, DDPMScheduler, dict]:
     """DDPM on ``data.train`` with ``images_diffusers.train_step``, as that script's loop; returns the EMA UNet."""
     torch.manual_seed(args.seed)
     model = UNet2DModel(**UNETS[args.unet])
-    noise_sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear")
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr)
-    lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / args.warmup))
-    ema = EMAModel(model.parameters(), decay=args.ema_decay, use_ema_warmup=True)
-    n, bs = len(data.train), args.batch_size
+    noise_sched, opt, lr_sched, ema = ddpm_training(model, args.lr, args.warmup, args.ema_decay)
+    bs = args.batch_size
     g = torch.Generator().manual_seed(args.seed)
-    step, seconds, perm, pos, losses = 0, 0.0, torch.randperm(n, generator=g), 0, []
+    step, seconds, losses = 0, 0.0, []
     params = sum(q.numel() for q in model.parameters())
     budget = f"{args.steps} steps" if args.steps else f"{args.max_minutes:g} minutes"
     print(f"training diffusers UNet2DModel ({args.unet}, {params / 1e6:.3f} M parameters) with DDPM for {budget}",
           flush=True)
-    while (step < args.steps) if args.steps else (seconds < 60 * args.max_minutes):
-        if pos + bs > n:  # a new epoch; the last partial batch is dropped
-            perm, pos = torch.randperm(n, generator=g), 0
-        t0 = time.perf_counter()
-        model.train()
-        losses.append(train_step(model, opt, noise_sched, data.train[perm[pos:pos + bs]]))
-        lr_sched.step()
-        ema.step(model.parameters())
-        seconds += time.perf_counter() - t0
-        pos, step = pos + bs, step + 1
+    for step, seconds, loss in training_steps(model, noise_sched, opt, lr_sched, ema, data.train, bs, g):
+        losses.append(loss)
         if step % 100 == 0:
             print(f"  step {step:5d}  {seconds:6.1f} s  loss {sum(losses[-50:]) / len(losses[-50:]):.4f}", flush=True)
+        if (step >= args.steps) if args.steps else (seconds >= 60 * args.max_minutes):
+            break
     ema_model = copy.deepcopy(model)
     ema.copy_to(ema_model.parameters())
     info = {"unet": args.unet, "parameters": params, "steps": step, "batch_size": bs, "images_seen": step * bs,
