@@ -44,11 +44,14 @@ def save_folder(path, scheduler=None, seed=0, **unet_kw):
     return str(path)
 
 
-def float64_tables(scheduler):
-    """diffusers' scheduler with its betas and alphas_cumprod recomputed in float64 (they are float32)."""
+def float64_tables(scheduler, betas=None):
+    """diffusers' scheduler with its betas (the linear schedule's, or ``betas``) and alphas_cumprod in float64
+    (diffusers keeps them in float32)."""
     c = scheduler.config
-    assert c.beta_schedule == "linear"
-    scheduler.betas = torch.linspace(c.beta_start, c.beta_end, c.num_train_timesteps, dtype=torch.float64)
+    if betas is None:
+        assert c.beta_schedule == "linear"
+        betas = torch.linspace(c.beta_start, c.beta_end, c.num_train_timesteps, dtype=torch.float64)
+    scheduler.betas = betas.clone()
     scheduler.alphas = 1 - scheduler.betas
     scheduler.alphas_cumprod = torch.cumprod(scheduler.alphas, 0)
     scheduler.one = torch.tensor(1.0, dtype=torch.float64)
@@ -66,6 +69,22 @@ def run64(folder):
     run = load_diffusers(folder)
     run.model.double()
     return run
+
+
+def ddim_gap(model, unet, sched, steps: int, rows: int, seed: int) -> float:
+    """max |unidm ddim - DDIMScheduler's loop| from the same x_T, on DDPM's leading timesteps (float64); the grid
+    is first checked to be diffusers' timesteps exactly."""
+    sched.set_timesteps(steps)
+    grid = ddpm_grid(model.process, steps, "leading")
+    abar = sched.alphas_cumprod[sched.timesteps]
+    assert torch.allclose(grid[:-1], torch.sqrt((1 - abar) / abar), rtol=1e-12, atol=0)
+    x_T = torch.randn(rows, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    x = x_T
+    with torch.no_grad():
+        for t in sched.timesteps:
+            x = sched.step(unet(x, t).sample, t, x).prev_sample
+        ours = sample(model.denoiser, x_T * math.sqrt(1 + float(grid[0]) ** 2), grid, method="ddim")
+    return float((ours - x).abs().max())
 
 
 def unet64(folder):
@@ -128,17 +147,7 @@ def test_ddim_reproduces_diffusers_ddim(folder, run64):
     n = 10
     unet = unet64(folder)
     sched = float64_tables(diffusers.DDIMScheduler.from_pretrained(os.path.join(folder, "scheduler")))
-    sched.set_timesteps(n)
-    grid = ddpm_grid(run64.model.process, n, "leading")
-    abar = sched.alphas_cumprod[sched.timesteps]
-    assert torch.allclose(grid[:-1], torch.sqrt((1 - abar) / abar), rtol=1e-12, atol=0)
-    x_T = torch.randn(4, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
-    x = x_T
-    with torch.no_grad():
-        for t in sched.timesteps:
-            x = sched.step(unet(x, t).sample, t, x).prev_sample
-        ours = sample(run64.model.denoiser, x_T * math.sqrt(1 + float(grid[0]) ** 2), grid, method="ddim")
-    err = float((ours - x).abs().max())
+    err = ddim_gap(run64.model, unet, sched, n, rows=4, seed=2)
     assert err < 1e-5, err
     print(f"ddim vs DDIMScheduler, 10 steps, float64: max |diff| = {err:.2e}")
 
@@ -362,20 +371,4 @@ def test_other_beta_schedules_import_as_explicit_betas_and_ddim_matches(tmp_path
     betas = run.model.process.betas
     assert len(betas) == len(sched.betas)
     assert float((betas - sched.betas.double()).abs().max()) < 1e-7  # diffusers holds them in float32
-    sched.betas = betas.clone()
-    sched.alphas = 1 - sched.betas
-    sched.alphas_cumprod = torch.cumprod(sched.alphas, 0)
-    sched.one = torch.tensor(1.0, dtype=torch.float64)
-    sched.final_alpha_cumprod = torch.tensor(1.0, dtype=torch.float64)
-    sched.set_timesteps(8)
-    grid = ddpm_grid(run.model.process, 8, "leading")
-    abar = sched.alphas_cumprod[sched.timesteps]
-    assert torch.allclose(grid[:-1], torch.sqrt((1 - abar) / abar), rtol=1e-10, atol=0)
-    unet = unet64(path)
-    x_T = torch.randn(3, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
-    x = x_T
-    with torch.no_grad():
-        for t in sched.timesteps:
-            x = sched.step(unet(x, t).sample, t, x).prev_sample
-        ours = sample(run.model.denoiser, x_T * math.sqrt(1 + float(grid[0]) ** 2), grid, method="ddim")
-    assert float((ours - x).abs().max()) < 1e-5
+    assert ddim_gap(run.model, unet64(path), float64_tables(sched, betas), 8, rows=3, seed=4) < 1e-5
