@@ -1,6 +1,6 @@
-"""``unidm likelihood DIR [--split test] [--method M] [--exact | --hutchinson K] [--elbo [--steps K]
-[--variance V] [--trajectory T]]``: held-out log-likelihood of a run, through the family's declared likelihood
-(:class:`unidm.methods.SupportsLikelihood`).
+"""``unidm likelihood DIR [--split test | --data FILE.npy] [--out FILE.npz] [--method M] [--exact | --hutchinson K]
+[--elbo [--steps K] [--variance V] [--trajectory T]]``: held-out log-likelihood of a run, or of the user's own
+array, through the family's declared likelihood (:class:`unidm.methods.SupportsLikelihood`).
 
 A Gaussian diffusion / flow model goes through the probability-flow ODE (``ode``, :func:`unidm.likelihood.
 log_likelihood`) and, on the ``vp-discrete`` process, DDPM's ELBO (``elbo``, :func:`unidm.likelihood.elbo`); masked
@@ -14,6 +14,12 @@ The ELBO flags ``--steps``, ``--variance`` and ``--trajectory`` (the K-step boun
 ``elbo`` likelihood as options, so a family whose ELBO does not take them refuses them with one line. ``analytic``
 and ``dp`` need the Gamma statistics: they are computed here over ``--gamma-n`` examples of the training split on
 the process's levels (:func:`unidm.likelihood.gamma_statistics`), cached in ``RUN/gamma/`` by the weights' digest.
+
+``--data FILE.npy`` scores the user's examples ``[N, *shape]`` instead of a split; :func:`load_examples` checks them
+against the run's data (shape; integer tokens below the vocabulary size; values on the run's ``K``-level grid in
+[-1, 1]; finite numbers) and refuses a mismatch with one line. ``--out FILE.npz`` writes the per-example numbers
+(``log_likelihood`` in nats, ``bits_per_dim``, ``kind``, ``method``; with ``--elbo`` also ``elbo_log_likelihood``,
+``elbo_bits_per_dim``, ``elbo_kind``) atomically, like ``unidm sample``.
 """
 
 from __future__ import annotations
@@ -21,17 +27,24 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import time
+
+import numpy as np
 
 import torch
 from torch import Tensor
 
-__all__ = ["add_arguments", "run", "evaluate"]
+__all__ = ["add_arguments", "run", "evaluate", "score", "load_examples"]
 
 
 def add_arguments(parser: argparse.ArgumentParser, positive_int, device) -> None:
     parser.add_argument("run", help="run folder (config.json + model.safetensors)")
-    parser.add_argument("--split", choices=["test", "train"], default="test", help="which split to score")
+    parser.add_argument("--split", choices=["test", "train"], help="which split to score (default: test)")
+    parser.add_argument("--data", metavar="FILE.npy", help="score this array [N, *shape] of the user's instead of a "
+                                                           "split (checked against the run's data shape and levels)")
+    parser.add_argument("--out", metavar="FILE.npz", help="also write per-example log_likelihood (nats), "
+                                                          "bits_per_dim and kind here")
     parser.add_argument("--method", help="likelihood method of the run's family (default: its first: ode for "
                                          "Gaussian models, elbo for masked diffusion, exact for density models)")
     div = parser.add_mutually_exclusive_group()
@@ -39,7 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser, positive_int, device) -> None
     div.add_argument("--hutchinson", type=positive_int, metavar="K", help="ODE: Hutchinson's estimator, K probes")
     parser.add_argument("--probe", choices=["rademacher", "gaussian"], help="ODE: Hutchinson probe law "
                                                                             "(default rademacher)")
-    parser.add_argument("-n", type=positive_int, default=2000, help="at most this many examples of the split")
+    parser.add_argument("-n", type=positive_int, help="at most this many examples (default: 2000 of the split, "
+                                                       "all of --data)")
     parser.add_argument("--batch-size", type=positive_int, default=500, help="examples per batch")
     parser.add_argument("--rtol", type=float, help="ODE: relative tolerance of the adaptive solver (default 1e-5)")
     parser.add_argument("--atol", type=float, help="ODE: absolute tolerance (default 1e-5)")
@@ -103,10 +117,10 @@ def _gamma(loaded, args: argparse.Namespace):
                          dtype=getattr(torch, args.dtype))
 
 
-def evaluate(model, x: Tensor, method: str, options: dict, levels: int | None, batch_size: int,
-             seed: int) -> dict:
-    """NLL (nats) and bits/dim of ``x`` under ``model.likelihood(method=...)``, batch by batch; a JSON-able
-    report."""
+def score(model, x: Tensor, method: str, options: dict, levels: int | None, batch_size: int, seed: int) -> dict:
+    """Per-example ``nll`` and ``bits_per_dim`` (float64, CPU) of ``x`` under ``model.likelihood(method=...)``,
+    batch by batch from one generator seeded with ``seed`` (so the same examples in the same batches give the same
+    numbers, whatever file they came from); with ``kind``, the NFE per batch and the runaway-latent flags."""
     from ..likelihood import latent_outliers
 
     g = torch.Generator(device=x.device).manual_seed(seed)
@@ -121,27 +135,116 @@ def evaluate(model, x: Tensor, method: str, options: dict, levels: int | None, b
             nfe.append(res.nfe)
         if "latent_scale" in res.extra:
             outliers.append(latent_outliers(res.extra["latent_scale"], int(xb[0].numel())))
-    bpd_all = torch.cat(bpd)
-    report = {"method": method, "kind": kind, "nll_nats": _summary(torch.cat(nll)), "bits_per_dim": _summary(bpd_all),
+    return {"nll": torch.cat(nll), "bits_per_dim": torch.cat(bpd), "kind": kind, "nfe": nfe,
+            "outliers": torch.cat(outliers) if outliers else None}
+
+
+def evaluate(model, x: Tensor, method: str, options: dict, levels: int | None, batch_size: int,
+             seed: int, scores: dict | None = None) -> dict:
+    """NLL (nats) and bits/dim of ``x`` under ``model.likelihood(method=...)``, batch by batch; a JSON-able
+    report. ``scores`` (a dict) receives the per-example numbers of :func:`score`."""
+    s = score(model, x, method, options, levels, batch_size, seed)
+    if scores is not None:
+        scores.update(s)
+    bpd_all = s["bits_per_dim"]
+    report = {"method": method, "kind": s["kind"], "nll_nats": _summary(s["nll"]), "bits_per_dim": _summary(bpd_all),
               "bits_per_dim_median": float(bpd_all.median())}
-    if nfe:
-        report["nfe_mean"] = sum(nfe) / len(nfe)
-    if outliers:
-        report["latent_outliers"] = int(torch.cat(outliers).sum())
+    if s["nfe"]:
+        report["nfe_mean"] = sum(s["nfe"]) / len(s["nfe"])
+    if s["outliers"] is not None:
+        report["latent_outliers"] = int(s["outliers"].sum())
     return report
 
 
-def run(args: argparse.Namespace) -> int:
-    from ..methods import SupportsLikelihood
-    from ..run import load_run, require_examples
+def _grid_error(x: np.ndarray, levels: int) -> float:
+    """The largest distance of ``x`` (in units of the bin width) from the ``levels``-level grid of [-1, 1]."""
+    k = (x.astype(np.float64) + 1.0) * (levels - 1) / 2.0
+    return float(np.abs(k - np.round(k)).max()) if k.size else 0.0
 
-    t0 = time.perf_counter()
-    loaded = load_run(args.run, device=args.device, weights=args.weights)
-    model = loaded.model
-    if not isinstance(model, SupportsLikelihood):
-        raise ValueError(f"{args.run} is a {loaded.config.family!r} run, and that family has no likelihood "
-                         "(families with one: Gaussian diffusion/flow, masked diffusion, density models)")
-    require_examples(loaded, "likelihood")
+
+def load_examples(path: str, data) -> Tensor:
+    """The array in ``path`` (``.npy``, ``[N, *data.shape]``) as examples of ``data``'s kind, or one line saying
+    what is wrong: not found, not an ``.npy`` array (nothing is unpickled), the wrong shape, non-integer or
+    out-of-vocabulary tokens, values off the run's ``K``-level grid in [-1, 1], or non-finite numbers.
+
+    Example:
+        >>> import tempfile, os, numpy as np
+        >>> from unidm.data import build_dataset
+        >>> data = build_dataset("moons")
+        >>> path = os.path.join(tempfile.mkdtemp(), "pts.npy")
+        >>> np.save(path, np.zeros((3, 2), dtype=np.float32))
+        >>> load_examples(path, data).shape
+        torch.Size([3, 2])
+        >>> np.save(path, np.zeros((3, 5), dtype=np.float32))
+        >>> load_examples(path, data)
+        Traceback (most recent call last):
+        ...
+        ValueError: --data ...pts.npy: examples of shape (5,), the run's data has shape (2,); give an array [N, 2]
+    """
+    if not path.endswith(".npy"):
+        raise ValueError(f"--data {path}: give a .npy array file [N, {', '.join(map(str, data.shape))}] "
+                         "(numpy.save)")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--data {path}: no such file")
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"--data {path} is not a readable .npy array ({first}); nothing is unpickled") from None
+    shape, want = tuple(arr.shape), tuple(data.shape)
+    if arr.ndim != len(want) + 1 or shape[1:] != want or shape[0] == 0:
+        raise ValueError(f"--data {path}: examples of shape {shape[1:] if arr.ndim else ()}"
+                         f"{' (no examples)' if arr.ndim and shape[0] == 0 else ''}, the run's data has shape "
+                         f"{want}; give an array [N, {', '.join(map(str, want))}]")
+    levels = data.meta.get("levels")
+    if data.kind == "tokens":
+        if arr.dtype.kind not in "iub":
+            raise ValueError(f"--data {path}: dtype {arr.dtype}; the run's data are integer tokens 0..."
+                             f"{data.vocab_size - 1}")
+        bad = (arr < 0) | (arr >= data.vocab_size)
+        if bad.any():
+            raise ValueError(f"--data {path}: token {int(arr[bad].flat[0])} outside the run's vocabulary "
+                             f"0...{data.vocab_size - 1}")
+        return torch.from_numpy(arr.astype(np.int64))
+    if arr.dtype.kind not in "fiu":
+        raise ValueError(f"--data {path}: dtype {arr.dtype}; the run's data are real numbers")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"--data {path}: {int((~np.isfinite(arr)).sum())} values are NaN or infinite")
+    if levels is not None:
+        low, high = float(arr.min()), float(arr.max())
+        if low < -1 - 1e-6 or high > 1 + 1e-6 or _grid_error(arr, int(levels)) > 1e-4:
+            raise ValueError(f"--data {path}: values in [{low:.4g}, {high:.4g}] are not on the run's {levels}-level "
+                             f"grid -1 + 2k/{int(levels) - 1} in [-1, 1] (scale the data as the run's dataset does)")
+    return torch.from_numpy(arr.astype(np.float64))
+
+
+def _check_paths(args: argparse.Namespace) -> None:
+    """The flags that name files, checked before any work."""
+    if args.data is not None and args.split is not None:
+        raise ValueError("--data and --split both given: --data scores the array instead of a split; give one")
+    if args.out is not None and not args.out.endswith(".npz"):
+        raise ValueError(f"--out {args.out}: per-example numbers are written as a .npz file; give a path ending in "
+                         ".npz")
+
+
+def _examples(loaded, args: argparse.Namespace) -> tuple[Tensor, str]:
+    """The examples to score (the user's array, or at most ``-n`` of a split) and where they came from."""
+    from ..run import require_examples
+
+    if args.data is not None:
+        x, source = load_examples(args.data, loaded.data), args.data
+    else:
+        require_examples(loaded, "likelihood")
+        split = args.split or "test"
+        x, source = (loaded.data.test if split == "test" else loaded.data.train), split
+    x = x[: args.n if args.n is not None else (len(x) if args.data is not None else 2000)].to(args.device)
+    if x.is_floating_point():
+        x = x.to(getattr(torch, args.dtype))
+    return x, source
+
+
+def _methods(model, args: argparse.Namespace, loaded) -> tuple[str, dict, dict, list[str], dict | None]:
+    """The method, its options, the ELBO's options, every method to score, and the Gamma statistics' info."""
     options = _options(args)
     elbo_options = _elbo_options(args)
     method = model.check_likelihood(args.method, options if not elbo_options else {})
@@ -157,17 +260,45 @@ def run(args: argparse.Namespace) -> int:
     if elbo_options.get("variance") == "analytic" or elbo_options.get("trajectory") == "dp":
         stats, gamma_info = _gamma(loaded, args)
         (options if method == "elbo" else elbo_options)["gamma"] = stats
-    split = loaded.data.test if args.split == "test" else loaded.data.train
-    x = split[: args.n].to(args.device)
-    if x.is_floating_point():
-        x = x.to(getattr(torch, args.dtype))
+    return method, options, elbo_options, methods, gamma_info
+
+
+def _save_scores(path: str, method: str, scores: dict, elbo_scores: dict | None) -> None:
+    """Per-example ``log_likelihood`` (nats), ``bits_per_dim``, ``kind`` and ``method`` (``elbo_*`` with
+    ``--elbo``) in ``path``, written atomically by :func:`unidm.cli._save_npz`."""
+    from ..cli import _save_npz
+
+    arrays = {"log_likelihood": (-scores["nll"]).numpy(), "bits_per_dim": scores["bits_per_dim"].numpy(),
+              "kind": np.array(scores["kind"]), "method": np.array(method)}
+    if elbo_scores is not None:
+        arrays.update(elbo_log_likelihood=(-elbo_scores["nll"]).numpy(),
+                      elbo_bits_per_dim=elbo_scores["bits_per_dim"].numpy(), elbo_kind=np.array(elbo_scores["kind"]))
+    _save_npz(path, **arrays)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..methods import SupportsLikelihood
+    from ..run import load_run
+
+    t0 = time.perf_counter()
+    _check_paths(args)
+    loaded = load_run(args.run, device=args.device, weights=args.weights)
+    model = loaded.model
+    if not isinstance(model, SupportsLikelihood):
+        raise ValueError(f"{args.run} is a {loaded.config.family!r} run, and that family has no likelihood "
+                         "(families with one: Gaussian diffusion/flow, masked diffusion, density models)")
+    x, source = _examples(loaded, args)
+    method, options, elbo_options, methods, gamma_info = _methods(model, args, loaded)
     levels = args.levels if args.levels is not None else loaded.data.meta.get("levels")
-    report: dict = {"run": args.run, "split": args.split, "step": loaded.step, "n": len(x), "dim": int(x[0].numel()),
+    report: dict = {"run": args.run, "split": source, "step": loaded.step, "n": len(x), "dim": int(x[0].numel()),
                     "levels": levels}
+    scores, elbo_scores = {}, None
     with torch.no_grad():
-        report.update(evaluate(model, x, method, options, levels, args.batch_size, args.seed))
+        report.update(evaluate(model, x, method, options, levels, args.batch_size, args.seed, scores))
         if len(methods) > 1:
-            report["elbo"] = evaluate(model, x, "elbo", elbo_options, levels, args.batch_size, args.seed)
+            elbo_scores = {}
+            report["elbo"] = evaluate(model, x, "elbo", elbo_options, levels, args.batch_size, args.seed,
+                                      elbo_scores)
     if elbo_options:
         report["elbo_options"] = {k: v for k, v in elbo_options.items() if k != "gamma"}
     if gamma_info is not None:
@@ -176,6 +307,9 @@ def run(args: argparse.Namespace) -> int:
     if oracle is not None and levels is None:  # analytic data: the floor is the true density on the same points
         report["true_nll_nats"] = _summary(-oracle.log_prob(x.double().cpu()))
         report["entropy_nats"] = oracle.entropy()
+    if args.out is not None:
+        _save_scores(args.out, method, scores, elbo_scores)
+        report["out"] = args.out
     report["seconds"] = time.perf_counter() - t0
     if args.json:
         print(json.dumps(report, indent=2))
@@ -186,7 +320,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _print(r: dict) -> None:
     unit = "bits/dim on the discrete data" if r.get("levels") else "bits/dim"
-    print(f"{r['run']} (step {r['step']}), {r['split']} split, {r['n']} examples, dim {r['dim']}, {r['method']} "
+    where = f"{r['split']} split" if r["split"] in ("test", "train") else r["split"]
+    print(f"{r['run']} (step {r['step']}), {where}, {r['n']} examples, dim {r['dim']}, {r['method']} "
           f"({r['kind']})" + (f", mean NFE {r['nfe_mean']:.0f}" if "nfe_mean" in r else ""))
     print(f"  NLL       {r['nll_nats']['mean']:10.4f} +- {r['nll_nats']['stderr']:.4f} nats")
     print(f"  {unit:s}: {r['bits_per_dim']['mean']:.4f} +- {r['bits_per_dim']['stderr']:.4f}")
@@ -204,4 +339,6 @@ def _print(r: dict) -> None:
     if "true_nll_nats" in r:
         print(f"  true density on the same points: {r['true_nll_nats']['mean']:.4f} nats (entropy "
               f"{r['entropy_nats']:.4f}); gap {r['nll_nats']['mean'] - r['true_nll_nats']['mean']:+.4f}")
+    if "out" in r:
+        print(f"  per-example numbers -> {r['out']}")
     print(f"  ({r['seconds']:.1f} s)")
