@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from ..denoiser import Denoiser
-from ..losses import DenoisingLoss
+from ..losses import COUPLINGS, DenoisingLoss
 from ..parameterization import PARAMETERIZATIONS
 from ..processes import NOISE_LEVELS, PROCESSES, VPDiscrete, build_process
 from ..samplers import ALIASES, GRIDS, METHODS, check_sampler, make_grid, sample
@@ -74,9 +74,14 @@ class GaussianDiffusion(DenoisingModel, SupportsLikelihood):
         data_shape: Sequence[int] = (2,),
         num_classes: int = 0,
         label_dropout: float = 0.0,
+        coupling: str = "independent",
+        coupling_reg: float = 0.05,
+        fixed_pairs: bool = False,
     ):
         super().__init__(data_shape, num_classes)
         check_positive(sigma_data, "method.sigma_data")
+        check_choice(coupling, COUPLINGS, "method.coupling")
+        check_positive(coupling_reg, "method.coupling_reg")
         check_choice(process, PROCESSES, "process")
         check_choice(parameterization, PARAMETERIZATIONS, "parameterization")
         check_choice(noise_levels, NOISE_LEVELS, "noise_levels")
@@ -87,8 +92,27 @@ class GaussianDiffusion(DenoisingModel, SupportsLikelihood):
         self.process = build_process(process, process_options, data_dim=int(torch.tensor(self.data_shape).prod()))
         self.denoiser = Denoiser(net, self.process, PARAMETERIZATIONS[parameterization](sigma_data=sigma_data))
         self.loss_fn = DenoisingLoss(self.process, NOISE_LEVELS[noise_levels](**noise_options), weighting,
-                                     sigma_data, gamma)
+                                     sigma_data, gamma, coupling, coupling_reg)
         self.label_dropout = float(label_dropout)
+        self.coupling, self.coupling_reg, self.fixed_pairs = coupling, float(coupling_reg), bool(fixed_pairs)
+        if self.coupled:
+            self._mark_coupled(process)
+
+    @property
+    def coupled(self) -> bool:
+        """Whether training pairs data and noise other than independently (a coupling or fixed pairs)."""
+        return self.coupling != "independent" or self.fixed_pairs
+
+    def _mark_coupled(self, process_name: str) -> None:
+        if not getattr(self.process, "gaussian_kernel", True):
+            if self.coupling != "independent":
+                raise ValueError(f"method.coupling={self.coupling!r} pairs data with Gaussian prior noise, but process "
+                                 f"{process_name!r} has a non-Gaussian kernel; use method.coupling=independent")
+            return
+        why = f"coupling {self.coupling!r}" if self.coupling != "independent" else "fixed (noise, data) pairs"
+        self.process.gaussian_kernel = False
+        self.process.kernel_note = (f"belongs to a run trained with {why}: its D is E[x0 | x] under that coupling, "
+                                    "not the posterior mean of the Gaussian corruption (no Tweedie score)")
 
     @property
     def net(self) -> nn.Module:
@@ -101,7 +125,16 @@ class GaussianDiffusion(DenoisingModel, SupportsLikelihood):
         cond = {}
         if self.num_classes > 0:
             cond["class_labels"] = self.drop_labels(batch["y"].long(), self.label_dropout, generator)
-        return self.loss_fn(self.denoiser, batch["x"], generator, **cond)
+        noise = batch.get("noise")
+        if (noise is not None) != self.fixed_pairs:
+            raise ValueError("the batch carries fixed pairs ('noise') but the model was built with fixed_pairs=false"
+                             if noise is not None else
+                             "method.fixed_pairs=true but the batch carries no 'noise' (the dataset's noise extra)")
+        labels = batch.get("y")
+        if self.coupling.endswith("-class") and labels is None:
+            raise ValueError(f"method.coupling={self.coupling!r} couples within a class, but the batch has no "
+                             "labels ('y')")
+        return self.loss_fn(self.denoiser, batch["x"], generator, noise=noise, labels=labels, **cond)
 
     def check_sampling(self, sampler: str | None = None, steps: int | None = None, grid: str | None = None,
                        options: Mapping[str, Any] | None = None):
@@ -171,11 +204,15 @@ class GaussianDiffusion(DenoisingModel, SupportsLikelihood):
 
     def likelihood_methods(self) -> dict[str, str]:
         methods = {"ode": "ode"}
-        if isinstance(self.process, VPDiscrete):
+        if isinstance(self.process, VPDiscrete) and not self.coupled:
             methods["elbo"] = "bound"
         return methods
 
-    likelihood_note = "the ELBO needs the vp-discrete process; "
+    @property
+    def likelihood_note(self) -> str:
+        if self.coupled:
+            return "the ELBO needs the Gaussian corruption, and this run was trained with a coupling; "
+        return "the ELBO needs the vp-discrete process; "
 
     def likelihood_options(self, method: str) -> list[str]:
         return ODE_OPTIONS if method == "ode" else ELBO_OPTIONS
@@ -225,6 +262,13 @@ class GaussianDiffusion(DenoisingModel, SupportsLikelihood):
             raise ValueError(f"method.conditional=true but dataset {data.name!r} has no labels")
         if method.get("sigma_data", "auto") == "auto":
             method["sigma_data"] = round(data.std, 4)
+        if "noise" in getattr(data, "extras", {}):
+            method.setdefault("fixed_pairs", True)
+        coupling = method.get("coupling", "independent")
+        if isinstance(coupling, str) and coupling.endswith("-class") and data.num_classes == 0:
+            raise ValueError(f"method.coupling={coupling!r} couples within a class and needs labels, but dataset "
+                             f"{data.name!r} has none; valid without labels: "
+                             f"{', '.join(c for c in COUPLINGS if not c.endswith('-class'))}")
         check_kwargs(cls, method, "method option for family 'gaussian'", exclude=("net", "num_classes", "data_shape"))
         model = dict(model_cfg)
         arch = model.pop("arch", "mlp")

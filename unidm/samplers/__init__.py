@@ -157,7 +157,8 @@ def check_sampler(method: str, process, **options) -> None:
     ``method`` is refused when ``process.gaussian_kernel`` is ``False`` and the method is in
     :data:`GAUSSIAN_ONLY`, or in :data:`GAUSSIAN_WHEN` with that option > 0 in ``options``. Any location-scale
     kernel keeps the probability-flow ODE (``DESIGN.md``, "Beyond the Gaussian kernel"), so every deterministic
-    sampler stays valid. A ``None`` process (a bare denoiser) is not checked.
+    sampler stays valid. A ``None`` process (a bare denoiser) is not checked. A process may say why its kernel is not
+    Gaussian in ``kernel_note`` (a run trained with a coupling: :class:`unidm.methods.GaussianDiffusion`).
 
     Raises:
         ValueError: one line naming the sampler, the process and the deterministic alternatives.
@@ -170,8 +171,9 @@ def check_sampler(method: str, process, **options) -> None:
         return
     why = "draws Gaussian transition noise" if option is None else f"with {option} > 0 draws Gaussian noise"
     pname = getattr(process, "name", type(process).__name__)
+    note = getattr(process, "kernel_note", None) or "has a non-Gaussian kernel (gaussian_kernel=False)"
     raise ValueError(
-        f"sampler {name!r} {why}, but process {pname!r} has a non-Gaussian kernel (gaussian_kernel=False); "
+        f"sampler {name!r} {why}, but process {pname!r} {note}; "
         f"use a deterministic sampler: {_deterministic_alternatives()}"
     )
 

@@ -89,8 +89,9 @@ def check_variance(variance: str, process=None, gamma: GammaFn | None = None, he
     name = canonical_variance(variance, diagonal=diagonal or head is not None)
     if name != "beta-tilde" and process is not None and not getattr(process, "gaussian_kernel", True):
         pname = getattr(process, "name", type(process).__name__)
-        raise ValueError(f"variance={name!r} assumes a Gaussian transition kernel, but process {pname!r} has "
-                         "another (gaussian_kernel=False); use a deterministic sampler")
+        note = getattr(process, "kernel_note", None) or "has another (gaussian_kernel=False)"
+        raise ValueError(f"variance={name!r} assumes a Gaussian transition kernel, but process {pname!r} "
+                         f"{note}; use a deterministic sampler")
     if name == "analytic" and gamma is None:
         raise ValueError("variance='analytic' needs the Gamma statistics: pass gamma=unidm.likelihood."
                          "gamma_statistics(denoiser, x_train, sigmas) (or any callable sigma -> Gamma)")
