@@ -12,7 +12,7 @@ For every run, read only through the faces of :mod:`unidm.methods` (never a fami
 - sample quality by the project's metrics (:data:`unidm.evaluation.EVALUATORS` for the data's kind, as ``unidm
   eval`` computes them) from ``n`` samples of the run's own sampler, with the sampling time per sample;
 - parameters, training steps and training time (from the run's ``metrics.jsonl``: the trainer's clock at its
-  last log line, summed over resumed sessions).
+  last log line, summed over resumed sessions; :func:`train_seconds`; ``~`` in the table marks an estimate).
 
 Runs on different data (another dataset, other dataset options, another shape or number of levels) are refused
 with one line: a table holds one data set, whose unit and held-out split every row shares; compare each data set
@@ -26,7 +26,7 @@ Example:
     ...           "stderr": 0.1}, "bits_per_dim": {"mean": 1.08, "stderr": 0.07}}], "quality": None,
     ...           "sampling": None}]}
     >>> print(format_table(report).splitlines()[2])  # doctest: +NORMALIZE_WHITESPACE
-    runs/a  gaussian  ode  ode  1.500 ± 0.100  -  -  1.0k  2.0  -
+    a  gaussian  ode  ode  1.500 ± 0.100  -  -  1.0k  2.0  -
 """
 
 from __future__ import annotations
@@ -69,23 +69,34 @@ def add_arguments(parser: argparse.ArgumentParser, positive_int, device) -> None
     parser.add_argument("--device", type=device, default="cpu", help="cpu, cuda, cuda:N, mps or auto")
 
 
-def train_seconds(run_dir: str) -> float | None:
-    """Training time of a run: the trainer's clock (``time`` of ``metrics.jsonl``) at the last log line of each
-    training session, summed (a resumed session restarts the clock at 0). None without a log."""
+def train_seconds(run_dir: str, step: int | None = None) -> tuple[float | None, str]:
+    """Training time of a run and how it was found.
+
+    ``"log"``: the trainer's clock (``time`` in ``metrics.jsonl``) at the last log line of each training session,
+    summed (a resumed session restarts the clock at 0); ``"log+tail"``: the same, plus the steps after the last log
+    line up to ``step`` (a run stopped by a time budget or Ctrl-C between log lines) at the last logged speed;
+    ``"file times"``: no log line at all, the time between the run's ``config.json`` (written as training starts)
+    and its ``model.safetensors`` (written as it ends); ``(None, "none")`` without either."""
     path = os.path.join(run_dir, "metrics.jsonl")
-    if not os.path.isfile(path):
-        return None
-    total, last = 0.0, None
-    with open(path) as f:
-        for line in f:
-            try:
-                t = float(json.loads(line)["time"])
-            except (ValueError, KeyError, TypeError):
-                continue
-            if last is not None and t < last:  # a new session's clock
-                total += last
-            last = t
-    return None if last is None else total + last
+    records = []
+    if os.path.isfile(path):
+        with open(path) as f:
+            for line in f:
+                try:
+                    rec = json.loads(line)
+                    records.append((float(rec["time"]), int(rec["step"]), float(rec.get("steps_per_sec") or 0)))
+                except (ValueError, KeyError, TypeError):
+                    continue
+    if not records:
+        files = [os.path.join(run_dir, f) for f in ("config.json", "model.safetensors")]
+        if all(os.path.isfile(f) for f in files):
+            return max(0.0, os.path.getmtime(files[1]) - os.path.getmtime(files[0])), "file times"
+        return None, "none"
+    total = sum(a[0] for a, b in zip(records, records[1:]) if b[0] < a[0]) + records[-1][0]
+    t, last_step, rate = records[-1]
+    if step is not None and step > last_step and rate > 0:
+        return total + (step - last_step) / rate, "log+tail"
+    return total, "log"
 
 
 def _data_key(loaded) -> tuple[str, str]:
@@ -121,13 +132,14 @@ def _methods(model) -> dict[str, str]:
     return dict(model.likelihood_methods()) if isinstance(model, SupportsLikelihood) else {}
 
 
-def _check_options(runs: list, options: dict) -> None:
-    """Refuse an option that no method of any run takes, naming those they take."""
+def _check_options(runs: list, options: dict, strict: bool = True) -> list[str]:
+    """The options no method of any run takes: refused (naming those they take) when ``strict``, else returned."""
     taken = {k for r in runs for m in _methods(r.model) for k in r.model.likelihood_options(m)}
     bad = sorted(set(options) - taken)
-    if bad:
+    if bad and strict:
         raise ValueError(f"likelihood option(s) {', '.join(map(repr, bad))} apply to no method of these runs; "
                          f"valid: {', '.join(sorted(taken)) or '(none)'}")
+    return bad
 
 
 def _likelihood(loaded, x, options: dict, batch_size: int, seed: int) -> list[dict]:
@@ -173,12 +185,14 @@ def _quality(loaded, n: int, seed: int) -> tuple[dict | None, dict | None]:
 
 def compare_runs(paths: list[str], *, n: int | None = None, options: dict | None = None, quality: bool = True,
                  batch_size: int = 500, seed: int = 0, device: str = "cpu", dtype: torch.dtype = torch.float64,
-                 log=None) -> dict:
+                 strict_options: bool = True, log=None) -> dict:
     """The report behind ``unidm compare``: every run of ``paths`` (one data set) scored on the same ``n``
-    held-out examples by each of its likelihood methods, and its samples' quality. JSON-able."""
+    held-out examples by each of its likelihood methods, and its samples' quality. JSON-able. An option no method
+    of any run takes is refused, or with ``strict_options=False`` dropped (and listed in ``options_unused``)."""
     options = dict(options or {})
     runs = _load(list(paths), device)
-    _check_options(runs, options)
+    unused = _check_options(runs, options, strict_options)
+    options = {k: v for k, v in options.items() if k not in unused}
     data = runs[0].data
     n = min(n or 2000, len(data.test))
     levels = data.meta.get("levels")
@@ -186,7 +200,8 @@ def compare_runs(paths: list[str], *, n: int | None = None, options: dict | None
     out = {"data": {"name": _data_key(runs[0])[1], "config": runs[0].config.data, "kind": data.kind,
                     "shape": list(data.shape), "dim": int(math.prod(data.shape)), "levels": levels,
                     "vocab_size": data.vocab_size, "n_test": len(data.test)},
-           "unit": "bits/dim" if discrete else "nats", "n": n, "seed": seed, "options": options, "runs": []}
+           "unit": "bits/dim" if discrete else "nats", "n": n, "seed": seed, "options": options,
+           "options_unused": unused, "runs": []}
     for loaded in runs:
         if log:
             log(f"compare: {loaded.path} ({loaded.config.family})")
@@ -194,8 +209,9 @@ def compare_runs(paths: list[str], *, n: int | None = None, options: dict | None
         x = x.to(dtype) if x.is_floating_point() else x
         row = {"run": loaded.path, "name": loaded.config.name, "family": loaded.config.family, "step": loaded.step,
                "params": sum(p.numel() for p in loaded.model.parameters()),
-               "train_seconds": train_seconds(loaded.path), "steps": loaded.step,
+               "steps": loaded.step,
                "likelihood": _likelihood(loaded, x, options, batch_size, seed)}
+        row["train_seconds"], row["train_seconds_source"] = train_seconds(loaded.path, loaded.step)
         row["quality"], row["sampling"] = _quality(loaded, n, seed) if quality else (None, None)
         out["runs"].append(row)
     return out
@@ -215,17 +231,24 @@ def _nll_cell(row: dict, unit: str) -> str:
     return f"{v['mean']:.3f} ± {v['stderr']:.3f}"
 
 
+def _names(report: dict) -> list[str]:
+    """Each run's name in the table and the plot: its folder's name, or its path where two folders share a name."""
+    short = [os.path.basename(os.path.normpath(r["run"])) or r["run"] for r in report["runs"]]
+    return short if len(set(short)) == len(short) else [r["run"] for r in report["runs"]]
+
+
 def _table_rows(report: dict) -> list[list[str]]:
     rows = []
-    for r in report["runs"]:
+    for r, name in zip(report["runs"], _names(report)):
         q, s = r["quality"], r["sampling"]
         qcell = "-" if q is None else f"{q['value']:.4g} ({q['ratio']:.2f}x)"
-        tail = [_count(r["params"]), _fmt(r["train_seconds"], ".1f"),
+        approx = "~" if r.get("train_seconds_source", "log") != "log" and r["train_seconds"] is not None else ""
+        tail = [_count(r["params"]), approx + _fmt(r["train_seconds"], ".1f"),
                 "-" if s is None else f"{1e3 * s['seconds_per_sample']:.3g}"]
         lik = r["likelihood"] or [None]
         for i, m in enumerate(lik):
             first = i == 0
-            cells = [r["run"] if first else "", r["family"] if first else ""]
+            cells = [name if first else "", r["family"] if first else ""]
             if m is None:
                 cells += ["(none)", "-", "-", "-"]
             else:
@@ -268,10 +291,10 @@ def plot_compare(report: dict, path: str) -> str:
     markers = {"exact": "o", "ode": "s", "bound": "^"}
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     unit = report["unit"]
-    for i, r in enumerate(report["runs"]):
+    for i, (r, name) in enumerate(zip(report["runs"], _names(report))):
         if r["sampling"] is None:
             continue
-        t, color, name = 1e3 * r["sampling"]["seconds_per_sample"], f"C{i % 10}", _label(r)
+        t, color = 1e3 * r["sampling"]["seconds_per_sample"], f"C{i % 10}"
         for m in r["likelihood"]:
             y = (m["bits_per_dim"] if unit == "bits/dim" else m["nll_nats"])["mean"]
             ax1.scatter(t, y, marker=markers.get(m["kind"], "x"), s=50, color=color)
@@ -297,11 +320,6 @@ def plot_compare(report: dict, path: str) -> str:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
-
-
-def _label(r: dict) -> str:
-    """A run's name in the plot: its folder's name."""
-    return os.path.basename(os.path.normpath(r["run"])) or r["family"]
 
 
 def _json_default(value):
