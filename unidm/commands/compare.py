@@ -76,7 +76,17 @@ def train_seconds(run_dir: str, step: int | None = None) -> tuple[float | None, 
     summed (a resumed session restarts the clock at 0); ``"log+tail"``: the same, plus the steps after the last log
     line up to ``step`` (a run stopped by a time budget or Ctrl-C between log lines) at the last logged speed;
     ``"file times"``: no log line at all, the time between the run's ``config.json`` (written as training starts)
-    and its ``model.safetensors`` (written as it ends); ``(None, "none")`` without either."""
+    and its ``model.safetensors`` (written as it ends); ``(None, "none")`` without either.
+
+    Example:
+        >>> import json, os, tempfile
+        >>> run = tempfile.mkdtemp()
+        >>> lines = [{"step": 50, "time": 2.0, "steps_per_sec": 25.0}, {"step": 60, "time": 0.4, "steps_per_sec": 25.0}]
+        >>> with open(os.path.join(run, "metrics.jsonl"), "w") as f:
+        ...     f.write("".join(json.dumps(r) + "\\n" for r in lines)) and None
+        >>> train_seconds(run, step=70)  # 2.0 + 0.4 (resumed), and 10 steps after the last line at 25 steps/s
+        (2.8, 'log+tail')
+    """
     path = os.path.join(run_dir, "metrics.jsonl")
     records = []
     if os.path.isfile(path):
@@ -331,6 +341,7 @@ def _json_default(value):
 
 
 def to_json(report: dict) -> str:
+    """The report as indented JSON (tensors as lists, numpy scalars as numbers)."""
     return json.dumps(report, indent=1, default=_json_default)
 
 
