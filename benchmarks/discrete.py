@@ -1,15 +1,24 @@
-"""Masked diffusion on binarized digits and pydoc text: bits per token and sample quality vs sampling steps.
+"""Discrete diffusion on binarized digits and pydoc text: masked vs uniform replacement at the same network and
+training budget (bits per token), and sample quality vs sampling steps.
 
-    python benchmarks/discrete.py [--digits-steps 800] [--text-seconds 240] [--threads 1]
+    python benchmarks/discrete.py [--quick] [--digits-steps 800] [--text-steps 400] [--threads 1]
+                                  [--families masked,uniform]
 
-Trains the ``digits-masked`` and ``text-masked`` presets briefly (sized for a shared CPU), then reports
+For each data set it trains ``digits-masked`` / ``binary-digits-uniform`` (the same ``token-mlp``) and
+``text-masked`` / ``text-uniform`` (the same small Transformer) for the same number of optimizer steps, then
+reports
 
-- the ELBO bound on held-out data in bits per token (MD4 eq. 4, stratified over the masking level);
-- samples from the ancestral and the greedy-confidence samplers at several step counts: the network evaluations
-  each needed (with the cache), and their quality with a floor from real data: the pixel-space Fréchet distance to
-  held-out digits; for text the bits per character under a 4-gram model fitted on the held-out text.
+- the ELBO bound on held-out data in bits per token (masked: MD4's continuous-time bound, stratified over the
+  masking level; uniform: D3PM's discrete-time bound over its T = 1000 steps, stratified over the steps) beside
+  the unigram baseline;
+- samples at several step counts: for masked diffusion the ancestral and the greedy-confidence samplers (with the
+  network evaluations the cache saves), for uniform diffusion the ancestral sampler; quality with a floor from real
+  data: the pixel-space Fréchet distance to held-out digits, and for text the bits per character under a 4-gram
+  model fitted on the held-out text.
 
-A table goes to stdout and everything to ``benchmarks/results/discrete.json``.
+``--quick`` trains briefly (a smoke run of about two minutes; its numbers are not the comparison). A table goes to
+stdout, everything to ``benchmarks/results/discrete.json`` (``discrete-quick.json``) and sample pictures to
+``benchmarks/results/discrete-<data>-<family>.png``.
 """
 
 from __future__ import annotations
@@ -23,25 +32,28 @@ import time
 import torch
 
 from unidm.config import apply_overrides
-from unidm.evaluation.token_metrics import CharNGram, evaluate_tokens
+from unidm.data.discrete import decode
+from unidm.evaluation.token_metrics import CharNGram, evaluate_tokens, plot_tokens
 from unidm.presets import get_preset
-from unidm.run import build_data, build_model
+from unidm.run import build_data, build_model, load_run
 from unidm.train import train
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+PRESETS = {"digits": {"masked": "digits-masked", "uniform": "binary-digits-uniform"},
+           "text": {"masked": "text-masked", "uniform": "text-uniform"}}
+#: the text models are shrunk alike so that a CPU run trains them for a few hundred steps
+TEXT_SIZE = ["model.width=96", "model.depth=2"]
 
 
-def _train(name: str, overrides: list[str], out: str, max_seconds: float | None):
+def _train(name: str, overrides: list[str], out: str):
     cfg = apply_overrides(get_preset(name), overrides + ["train.progress=false"])
     data = build_data(cfg)
     model = build_model(cfg, data)
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
-    result = train(model, data, cfg.train, out, config_dict=cfg.to_dict(), max_seconds=max_seconds, log=lambda s: None)
-    from unidm.run import load_run
-
+    result = train(model, data, cfg.train, out, config_dict=cfg.to_dict(), log=lambda s: None)
     run = load_run(out)
-    return run.model, data, {"preset": name, "overrides": overrides, "steps": result.step,
+    return run.model, data, {"preset": name, "family": cfg.family, "overrides": overrides, "steps": result.step,
                              "train_seconds": time.perf_counter() - t0, "final_loss": result.loss,
                              "parameters": sum(p.numel() for p in model.parameters())}
 
@@ -65,59 +77,93 @@ def _sweep(model, data, n: int, settings: list[tuple[str, int]]) -> list[dict]:
     return rows
 
 
+def _settings(family: str, kind: str, quick: bool) -> list[tuple[str, int]]:
+    if family == "masked":
+        steps = {"digits": (4, 16, 64) if quick else (2, 4, 8, 16, 64, 256), "text": (32,) if quick else (8, 32, 128)}
+        greedy = {"digits": (16,) if quick else (4, 16, 64), "text": () if quick else (32,)}
+        return [("ancestral", k) for k in steps[kind]] + [("greedy", k) for k in greedy[kind]]
+    steps = {"digits": (16, 64) if quick else (16, 64, 256, 1000), "text": (64,) if quick else (32, 128, 512)}
+    return [("ancestral", k) for k in steps[kind]]
+
+
+def _one(kind: str, family: str, args, out_dir: str) -> dict:
+    quick = args.quick
+    if kind == "digits":
+        overrides = [f"train.steps={args.digits_steps}"]
+    else:
+        overrides = TEXT_SIZE + [f"train.steps={args.text_steps}"]
+    model, data, info = _train(PRESETS[kind][family], overrides, os.path.join(out_dir, "runs", f"{kind}-{family}"))
+    test = data.test if kind == "digits" else data.test[: args.text_eval]
+    t0 = time.perf_counter()
+    info["bits_per_token"] = model.bits_per_token(test, n_t=32 if kind == "digits" else 8)
+    info["bound_seconds"] = time.perf_counter() - t0
+    info["held_out"] = len(test)
+    info["unigram_bits"] = _unigram_bits(data)
+    n = len(data.test) if kind == "digits" else args.text_samples
+    info["samples"] = _sweep(model, data, n, _settings(family, kind, quick))
+    best = max(k for s, k in _settings(family, kind, quick) if s == "ancestral")
+    n_pic = 64 if kind == "digits" else 12
+    x = model.sample(n_pic, seeds=range(n_pic), steps=best).x
+    suffix = "-quick" if quick else ""
+    info["picture"] = plot_tokens(x, data, os.path.join(out_dir, f"discrete-{kind}-{family}{suffix}.png"),
+                                  title=f"{info['preset']}: {info['steps']} training steps, ancestral {best} steps")
+    if kind == "text":
+        info["example"] = decode(x[:4], data.meta["itos"])
+        lm = CharNGram(4, data.vocab_size).fit(data.test)
+        info["ngram4_bits_on_train_windows"] = lm.bits_per_token(data.train[:256])
+    return info
+
+
+def _print_kind(kind: str, infos: dict) -> None:
+    unit = "bits/token" if kind == "digits" else "bits/char"
+    print(f"\n{'binary digits' if kind == 'digits' else 'pydoc text'}: held-out ELBO bound, {unit} "
+          f"(unigram baseline {next(iter(infos.values()))['unigram_bits']:.4f})")
+    print(f"{'family':8s} {'preset':22s} {'params':>8s} {'steps':>6s} {'train s':>8s} {unit:>10s}")
+    for fam, info in infos.items():
+        print(f"{fam:8s} {info['preset']:22s} {info['parameters']:8d} {info['steps']:6d} {info['train_seconds']:8.0f} "
+              f"{info['bits_per_token']:10.4f}")
+    metric = "frechet_pixels" if kind == "digits" else "ngram4_bits"
+    print(f"{'family':8s} {'sampler':10s} {'steps':>6s} {'NFE':>5s} {'evals/seq':>9s} {metric:>14s} {'floor':>8s} "
+          f"{'sec':>6s}")
+    for fam, info in infos.items():
+        for r in info["samples"]:
+            m = r["metrics"][metric]
+            print(f"{fam:8s} {r['sampler']:10s} {r['steps']:6d} {r['nfe']:5d} {r['evals_per_sample']:9.1f} "
+                  f"{m['value']:14.3f} {m['floor']:8.3f} {r['seconds']:6.1f}")
+        for s in info.get("example", []):
+            print(f"  {fam:8s}|" + s.replace("\n", "¶") + "|")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--digits-steps", type=int, default=800)
-    p.add_argument("--text-seconds", type=float, default=240.0)
-    p.add_argument("--text-samples", type=int, default=128)
+    p.add_argument("--quick", action="store_true", help="a short smoke run (digits 200 steps, text 60)")
+    p.add_argument("--digits-steps", type=int, default=None, help="training steps on digits (default 800)")
+    p.add_argument("--text-steps", type=int, default=None, help="training steps on text (default 400)")
+    p.add_argument("--text-samples", type=int, default=None, help="text samples per setting (default 128)")
+    p.add_argument("--text-eval", type=int, default=256, help="held-out text windows for the bound")
+    p.add_argument("--families", default="masked,uniform", help="comma-separated: masked, uniform")
+    p.add_argument("--data", default="digits,text", help="comma-separated: digits, text")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=os.path.join(HERE, "results"))
     args = p.parse_args()
+    args.digits_steps = args.digits_steps or (200 if args.quick else 800)
+    args.text_steps = args.text_steps or (60 if args.quick else 400)
+    args.text_samples = args.text_samples or (32 if args.quick else 128)
+    families = [f for f in args.families.split(",") if f]
+    kinds = [k for k in args.data.split(",") if k]
+    for f in families:
+        if f not in ("masked", "uniform"):
+            p.error(f"unknown family {f!r}; valid: masked, uniform")
+    for k in kinds:
+        if k not in PRESETS:
+            p.error(f"unknown data {k!r}; valid: {', '.join(PRESETS)}")
     torch.set_num_threads(args.threads)
     os.makedirs(args.out, exist_ok=True)
-    results: dict = {"torch": torch.__version__, "threads": args.threads}
-
-    # ---- binarized digits
-    model, data, info = _train("digits-masked", [f"train.steps={args.digits_steps}"],
-                               os.path.join(args.out, "runs", "digits-masked"), None)
-    info["bits_per_token"] = model.bits_per_token(data.test, n_t=32)
-    info["unigram_bits"] = _unigram_bits(data)
-    settings = [("ancestral", k) for k in (2, 4, 8, 16, 64, 256)] + [("greedy", k) for k in (4, 16, 64)]
-    info["samples"] = _sweep(model, data, len(data.test), settings)
-    results["digits"] = info
-    print(f"\nbinary digits: {info['steps']} steps ({info['train_seconds']:.0f} s), {info['parameters']} params; "
-          f"held-out bound {info['bits_per_token']:.4f} bits/token (unigram {info['unigram_bits']:.4f})")
-    print(f"{'sampler':10s} {'steps':>6s} {'NFE':>5s} {'evals/seq':>9s} {'Frechet':>9s} {'floor':>8s} {'ratio':>6s}")
-    for r in info["samples"]:
-        m = r["metrics"]["frechet_pixels"]
-        print(f"{r['sampler']:10s} {r['steps']:6d} {r['nfe']:5d} {r['evals_per_sample']:9.1f} {m['value']:9.3f} "
-              f"{m['floor']:8.3f} {m['ratio']:6.2f}")
-
-    # ---- text
-    model, data, info = _train("text-masked", ["model.width=96", "model.depth=2", "train.steps=3000"],
-                               os.path.join(args.out, "runs", "text-masked"), args.text_seconds)
-    test = data.test[:256]
-    info["bits_per_token"] = model.bits_per_token(test, n_t=8)
-    info["unigram_bits"] = _unigram_bits(data)
-    lm = CharNGram(4, data.vocab_size).fit(data.test)
-    info["ngram4_bits_on_train_windows"] = lm.bits_per_token(data.train[:256])
-    settings = [("ancestral", k) for k in (8, 32, 128)] + [("greedy", k) for k in (32,)]
-    info["samples"] = _sweep(model, data, args.text_samples, settings)
-    from unidm.data.discrete import decode
-
-    best = model.sample(4, seeds=range(4), steps=128).x
-    info["example"] = decode(best, data.meta["itos"])
-    results["text"] = info
-    print(f"\npydoc text: {info['steps']} steps ({info['train_seconds']:.0f} s), {info['parameters']} params; "
-          f"held-out bound {info['bits_per_token']:.4f} bits/char (unigram {info['unigram_bits']:.4f})")
-    print(f"{'sampler':10s} {'steps':>6s} {'NFE':>5s} {'evals/seq':>9s} {'4-gram bits':>11s} {'real':>8s}")
-    for r in info["samples"]:
-        m = r["metrics"]["ngram4_bits"]
-        print(f"{r['sampler']:10s} {r['steps']:6d} {r['nfe']:5d} {r['evals_per_sample']:9.1f} {m['value']:11.3f} "
-              f"{m['floor']:8.3f}")
-    for s in info["example"]:
-        print("  |" + s.replace("\n", "¶") + "|")
-    path = os.path.join(args.out, "discrete.json")
+    results: dict = {"torch": torch.__version__, "threads": args.threads, "quick": args.quick}
+    for kind in kinds:
+        results[kind] = {fam: _one(kind, fam, args, args.out) for fam in families}
+        _print_kind(kind, results[kind])
+    path = os.path.join(args.out, "discrete-quick.json" if args.quick else "discrete.json")
     with open(path, "w") as f:
         json.dump(results, f, indent=2, default=float)
     print(f"\n-> {path}")

@@ -101,24 +101,30 @@ class ExactPosterior(nn.Module):
     """The per-position posterior ``p(x0^i | x_t)`` of the finite data set ``seqs`` with probabilities ``probs``
     under the model's forward process, as logits (``c_noise = t`` rounded to the grid ``k / T``)."""
 
-    def __init__(self, seqs: torch.Tensor, probs: torch.Tensor, alpha, num_steps: int):
+    def __init__(self, seqs: torch.Tensor, probs: torch.Tensor, alpha, num_steps: int, leave_one_out: bool):
         super().__init__()
         self.seqs, self.log_probs, self.alpha, self.num_steps = seqs, probs.double().log(), alpha, num_steps
+        self.leave_one_out = leave_one_out  # q(x0^i | x_t^{-i}): what the other positions say about token i
         self.dummy = nn.Parameter(torch.zeros(1))  # gives the model a device
 
     def forward(self, x_t, c_noise, class_labels=None):
         t = torch.round(c_noise.double() * self.num_steps) / self.num_steps
         a = self.alpha(t)[:, None, None]
-        lik = a * (x_t[:, None, :] == self.seqs[None]).double() + (1 - a) / K  # q(x_t^i | x0_n^i) [B, N, L]
-        w = torch.softmax(self.log_probs[None] + lik.log().sum(-1), -1)  # posterior over the data set [B, N]
-        marg = torch.einsum("bn,nlk->blk", w, nn.functional.one_hot(self.seqs, K).double())
+        log_lik = (a * (x_t[:, None, :] == self.seqs[None]).double() + (1 - a) / K).log()  # [B, N, L]
+        log_w = self.log_probs[None, :, None] + log_lik.sum(-1, keepdim=True)  # [B, N, 1]: all positions
+        if self.leave_one_out:
+            log_w = log_w - log_lik  # [B, N, L]: all positions but i
+        w = torch.softmax(log_w, 1).expand(-1, -1, x_t.shape[1])  # posterior over the data set
+        marg = torch.einsum("bnl,nlk->blk", w, nn.functional.one_hot(self.seqs, K).double())
         return marg.clamp_min(1e-300).log()
 
 
-def _exact_model(seqs, probs, schedule="linear", num_steps=6, aux_weight=0.0) -> UniformDiffusion:
+def _exact_model(seqs, probs, schedule="linear", num_steps=6, aux_weight=0.0, skip=False) -> UniformDiffusion:
+    """The model whose p(x0^i | x_t) is the true posterior: the oracle's full posterior as plain logits, or (skip)
+    the leave-one-out posterior plus the model's own closed-form log q(x_t^i | x0^i)."""
     model = UniformDiffusion(nn.Identity(), K, schedule=schedule, num_steps=num_steps, aux_weight=aux_weight,
-                             data_shape=(seqs.shape[1],))
-    model.net = ExactPosterior(seqs, probs, model.alpha, num_steps)
+                             likelihood_skip=skip, data_shape=(seqs.shape[1],))
+    model.net = ExactPosterior(seqs, probs, model.alpha, num_steps, leave_one_out=skip)
     return model
 
 
@@ -198,6 +204,15 @@ def test_elbo_identity_on_correlated_data_and_gap_vanishes_with_steps():
         assert reverse_kl > 1e-4  # correlated positions: a per-position reverse step is not the true one
         gaps[steps] = reverse_kl
     assert gaps[32] < gaps[4] / 4  # ... but it becomes exact as steps shrink (the gap is O(1/T))
+
+
+@pytest.mark.parametrize("seqs, probs", [(torch.tensor([[0, 0], [1, 2], [2, 1]]), torch.tensor([0.5, 0.3, 0.2])),
+                                         _independent_data()])
+def test_likelihood_skip_is_bayes_rule(seqs, probs):
+    """With the skip, a network that outputs q(x0^i | x_t^{-i}) gives exactly the posterior q(x0^i | x_t)."""
+    full, skip = _exact_model(seqs, probs.double(), skip=False), _exact_model(seqs, probs.double(), skip=True)
+    t = torch.randint(1, 7, (len(ALL2),), generator=torch.Generator().manual_seed(0)).double() / 6
+    torch.testing.assert_close(skip.log_probs(ALL2, t).exp(), full.log_probs(ALL2, t).exp(), rtol=0, atol=1e-12)
 
 
 def test_monte_carlo_bound_and_loss_are_unbiased():

@@ -33,7 +33,8 @@ import torch
 from torch import Tensor, nn
 
 from ..processes.absorbing import MASKING_SCHEDULES, MaskingSchedule
-from ..processes.uniform import categorical_kl, posterior_probs, prior_kl, replace_tokens, reverse_probs
+from ..processes.uniform import (categorical_kl, posterior_probs, prior_kl, replace_tokens, reverse_probs,
+                                uniform_marginal)
 from ..rng import Generators, rand
 from ..utils import as_options, check_choice, check_kwargs, valid_kwargs
 from .base import GenerativeModel, SupportsLikelihood, TrainableModel
@@ -105,6 +106,8 @@ class UniformDiffusion(GenerativeModel, SupportsLikelihood):
             its arguments.
         num_steps: ``T``, the number of diffusion steps of the ELBO (D3PM: 1000).
         aux_weight: ``lambda`` of D3PM's auxiliary cross-entropy (0: the plain ELBO).
+        likelihood_skip: add ``log q(x_t^i | x0^i = j)`` to the network's logits, so that the network models what
+            the other positions say about token ``i`` (see :meth:`log_probs`); False: the plain D3PM logits.
         antithetic: draw the batch's training steps stratified, ``(u + i / B) mod 1`` (VDM App. I.2), instead of
             independently.
         num_classes: > 0 for a class-conditional model; ``label_dropout`` the chance of training with the null label.
@@ -134,6 +137,7 @@ class UniformDiffusion(GenerativeModel, SupportsLikelihood):
         schedule_options: dict | None = None,
         num_steps: int = 1000,
         aux_weight: float = 0.01,
+        likelihood_skip: bool = True,
         antithetic: bool = True,
         data_shape: Sequence[int] = (64,),
         num_classes: int = 0,
@@ -153,6 +157,7 @@ class UniformDiffusion(GenerativeModel, SupportsLikelihood):
         self.net = net
         self.vocab_size, self.num_steps, self.aux_weight = vocab_size, num_steps, float(aux_weight)
         self.schedule: MaskingSchedule = MASKING_SCHEDULES[schedule](**schedule_options)
+        self.likelihood_skip = bool(likelihood_skip)
         self.antithetic = antithetic
         self.label_dropout = float(label_dropout)
 
@@ -178,11 +183,22 @@ class UniformDiffusion(GenerativeModel, SupportsLikelihood):
         return x
 
     def log_probs(self, x_t: Tensor, t: Tensor, class_labels: Tensor | None = None) -> Tensor:
-        """``log p(x0 | x_t)`` ``[B, L, vocab_size]`` (float64) at times ``t [B]``."""
+        """``log p(x0 | x_t)`` ``[B, L, vocab_size]`` (float64) at times ``t [B]``.
+
+        With ``likelihood_skip`` the logits are ``net(x_t, t) + log q(x_t^i | x0^i = j)``. The corruption is
+        independent across positions, so Bayes' rule factorises the true posterior of one token exactly as
+        ``q(x0^i | x_t) ∝ q(x_t^i | x0^i) q(x0^i | x_t^{-i})``: the first factor is known in closed form
+        (``alpha_t [x0^i = x_t^i] + (1 - alpha_t) / K``), and the network is left with the second, what the rest of
+        the sequence says about token ``i``. A network that outputs zeros is then the exact model of independent
+        uniform tokens (``L log2 K`` bits), where the plain logits start as a model that trusts no token of
+        ``x_t`` even at ``t ~ 0``, whose bound is far above ``log2 K``.
+        """
         cond = {} if class_labels is None else {"class_labels": class_labels}
-        t = torch.as_tensor(t, dtype=torch.float32, device=x_t.device).reshape(-1).expand(x_t.shape[0])
-        logits = self.net(x_t, t, **cond)[..., : self.vocab_size]
-        return torch.log_softmax(logits.double(), dim=-1)
+        t = torch.as_tensor(t, dtype=torch.float64, device=x_t.device).reshape(-1).expand(x_t.shape[0])
+        logits = self.net(x_t, t.float(), **cond)[..., : self.vocab_size].double()
+        if self.likelihood_skip:
+            logits = logits + uniform_marginal(x_t, self.alpha(t).to(x_t.device), self.vocab_size).log()
+        return torch.log_softmax(logits, dim=-1)
 
     def _labels(self, batch: dict[str, Tensor], generator) -> Tensor | None:
         if self.num_classes == 0:
