@@ -32,6 +32,7 @@ from torch import Tensor
 
 from .data.pairs import chunk_done, chunk_name, num_chunks, read_manifest, write_manifest
 from .methods import DenoisingModel, TrainableModel
+from .processes import GaussianProcess
 from .samplers import make_grid, sample
 from .train.checkpoint import atomic_save_safetensors, param_digest
 
@@ -71,11 +72,15 @@ def coupling_pairs(denoiser, process, seeds: Sequence[int], shape: Sequence[int]
 
 def check_parent(model: TrainableModel, path: str, what: str = "reflow") -> None:
     """Refuse, with one line, a run whose coupling cannot be drawn by a deterministic ODE from a Gaussian prior:
-    anything but a :class:`~unidm.methods.DenoisingModel` whose process class declares a Gaussian kernel (so a
-    Gaussian prior; a run trained with a coupling or on fixed pairs still qualifies, its *instance* is marked
-    non-Gaussian only because its ``D`` is no posterior mean), the adaptive solver among its samplers and no frozen
-    sub-models (a distilled student is not a flow to straighten)."""
-    ok = (isinstance(model, DenoisingModel) and getattr(type(model.process), "gaussian_kernel", False)
+    anything but a :class:`~unidm.methods.DenoisingModel` on a :class:`~unidm.processes.GaussianProcess` with the
+    Gaussian prior draw (``prior_sample`` not replaced, as PFGM++'s Student-t prior replaces it; a run trained with
+    a coupling or on fixed pairs qualifies, though its process is marked non-Gaussian because its ``D`` is no
+    posterior mean), the adaptive solver among its samplers and no frozen sub-models (a distilled student is not a
+    flow to straighten)."""
+    process = getattr(model, "process", None)
+    gaussian_prior = (isinstance(process, GaussianProcess)
+                      and type(process).prior_sample is GaussianProcess.prior_sample)
+    ok = (isinstance(model, DenoisingModel) and gaussian_prior
           and "adaptive" in model.samplers and not type(model).frozen_keys)
     if not ok:
         family = getattr(model, "family", type(model).__name__)
