@@ -347,3 +347,22 @@ def test_from_config_refuses_data_that_are_not_tokens():
     with pytest.raises(ValueError) as e:
         build_model(cfg, build_data(cfg))
     _one_line(e, "lambda", "aux_weight")
+
+
+def test_cli_trains_scores_and_refuses(tmp_path, capsys):
+    import numpy as np
+
+    from unidm.cli import main
+
+    out = str(tmp_path / "run")
+    assert main(["train", "binary-digits-uniform", "--out", out, "train.steps=1", "train.batch_size=8",
+                 "train.progress=false", "train.num_threads=1", "sample.n=4", "sample.steps=2"]) == 0
+    assert main(["likelihood", out, "-n", "4", "--n-t", "2"]) == 0
+    bad = tmp_path / "bad.npy"
+    np.save(bad, np.full((2, 64), 5, dtype=np.int64))
+    capsys.readouterr()
+    for argv, words in [(["likelihood", out, "--data", str(bad)], ("vocabulary",)),
+                        (["sample", out, "-n", "2", "--sampler", "greedy"], ("greedy", "ancestral"))]:
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and all(w in err for w in words), err

@@ -6,7 +6,8 @@ uniformly from the ``K`` classes; Hoogeboom et al. 2021; Austin et al. 2021, D3P
 
 Network: logits of ``p(x0 | x_t)`` at every position (any sequence network of :mod:`unidm.nn`, e.g. ``transformer``
 or ``token-mlp``), conditioned on ``c_noise = t``: unlike the absorbing process, the posterior of a replaced token
-depends on how much noise there is, which ``x_t`` alone does not tell.
+depends on how much noise there is, which ``x_t`` alone does not tell. By default the closed-form
+``log q(x_t^i | x0^i)`` is added to the logits (``likelihood_skip``, :meth:`UniformDiffusion.log_probs`).
 
 Reverse step (the x0-parameterisation, D3PM Sec. 3.3): ``p(x_{k-1} | x_k) = sum_x0 q(x_{k-1} | x_k, x0)
 p(x0 | x_k)`` per position, the exact posterior averaged over the predicted ``x0``
