@@ -29,7 +29,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("methods",),
     ("train",),
     ("evaluation",),
-    ("config", "presets", "run", "interop", "commands", "cli", "__main__", "__init__"),
+    ("config", "presets", "run", "pairs", "interop", "commands", "cli", "__main__", "__init__"),
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
 

@@ -361,6 +361,9 @@ def cmd_eval(args) -> int:
     options = {"stratified": stratified} if run.data.kind == "image" else {}
     report = {"run": args.run, "step": run.step, "sampler": plan.sampler, "steps": plan.steps, "labels": labels,
               "sample_seconds": time.perf_counter() - t0, **evaluate_samples(samples, run.data, **options)}
+    from .evaluation.straightness import flow_report  # straight-path runs: straightness, transport cost
+
+    report.update(flow_report(run.model, n, range(n), **guidance.prior_labels(run.model, run.data, range(n), args)))
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -411,7 +414,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .commands import guidance, interop, likelihood
+    from .commands import compare, guidance, interop, likelihood
 
     fmt = _HelpFormatter
     p = _Parser(prog="unidm", description="Diffusion and flow models on one denoiser contract.")
@@ -483,6 +486,11 @@ def build_parser() -> argparse.ArgumentParser:
     likelihood.add_arguments(sp, positive_int, device_name)
     sp.set_defaults(fn=likelihood.run)
 
+    sp = sub.add_parser("compare", help="one table of runs on the same data: NLL of every likelihood method, sample "
+                                        "quality, parameters, training and sampling time", formatter_class=fmt)
+    compare.add_arguments(sp, positive_int, device_name)
+    sp.set_defaults(fn=compare.run)
+
     sp = sub.add_parser("import-diffusers", help="a local diffusers UNet2DModel folder as a unidm run",
                         formatter_class=fmt)
     interop.add_import_arguments(sp, positive_int)
@@ -492,6 +500,18 @@ def build_parser() -> argparse.ArgumentParser:
                         formatter_class=fmt)
     interop.add_export_arguments(sp)
     sp.set_defaults(fn=interop.run_export)
+
+    from .commands import reflow
+
+    sp = sub.add_parser("reflow", help="straighten a flow: train the next rectified flow on its own ODE's pairs",
+                        formatter_class=fmt)
+    reflow.add_arguments(sp, positive_int, seed_int, device_name)
+    sp.set_defaults(fn=reflow.run)
+
+    sp = sub.add_parser("distill", help="distil a flow to a k-step Euler student on its ODE's pairs",
+                        formatter_class=fmt)
+    reflow.add_distill_arguments(sp, positive_int, seed_int, device_name)
+    sp.set_defaults(fn=reflow.run_distill)
     return p
 
 
@@ -501,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:
-        if args.command != "train" or any(e.startswith("-") for e in extra):
+        if args.command not in ("train", "reflow", "distill") or any(e.startswith("-") for e in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.items = list(args.items) + extra
     prog = f"unidm {args.command}"

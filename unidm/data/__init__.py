@@ -17,6 +17,8 @@ from .base import BatchOrder, Dataset, seed_for
 from .discrete import DISCRETE_DATASETS
 from .images import IMAGE_DATASETS
 from .mixtures import MIXTURES, make_mixture
+from .pairs import pairs_dataset
+from .sequences import SEQUENCE_DATASETS
 from .toy import TOY_GENERATORS, make_toy
 
 __all__ = ["Dataset", "BatchOrder", "DATASETS", "build_dataset", "check_data_options", "toy_dataset",
@@ -78,8 +80,10 @@ DATASETS: dict[str, Callable[..., Dataset]] = {
     **{name: functools.partial(toy_dataset, name) for name in TOY_GENERATORS},
     **{name: functools.partial(mixture_dataset, name) for name in MIXTURES},
     "array": array_dataset,
+    "pairs": pairs_dataset,
     **IMAGE_DATASETS,
     **DISCRETE_DATASETS,
+    **SEQUENCE_DATASETS,
 }
 
 

@@ -42,10 +42,12 @@ PLOTTERS: dict[str, Callable[..., str]] = {"vector": plot_vectors}
 
 def _register_plotters() -> None:
     from .image_metrics import IMAGE_PLOTTERS
+    from .sequence_metrics import SEQUENCE_PLOTTERS
     from .token_metrics import TOKEN_PLOTTERS
 
     PLOTTERS.update(IMAGE_PLOTTERS)
     PLOTTERS.update(TOKEN_PLOTTERS)
+    PLOTTERS.update(SEQUENCE_PLOTTERS)
 
 
 _register_plotters()

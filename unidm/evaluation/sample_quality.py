@@ -42,10 +42,12 @@ EVALUATORS: dict[str, Callable[..., dict]] = {"vector": evaluate_vectors}
 
 def _register_evaluators() -> None:
     from .image_metrics import IMAGE_EVALUATORS
+    from .sequence_metrics import SEQUENCE_EVALUATORS
     from .token_metrics import TOKEN_EVALUATORS
 
     EVALUATORS.update(IMAGE_EVALUATORS)
     EVALUATORS.update(TOKEN_EVALUATORS)
+    EVALUATORS.update(SEQUENCE_EVALUATORS)
 
 
 _register_evaluators()

@@ -3,10 +3,11 @@
 from .diffusers_unet import DIFFUSERS_NETWORKS  # diffusers itself is imported only when one is built
 from .embedding import EMBEDDINGS, FourierEmbedding, SinusoidalEmbedding
 from .mlp import MLP
+from .seq2seq import SEQ2SEQ_NETWORKS
 from .transformer import SEQUENCE_NETWORKS
 from .unet import IMAGE_NETWORKS
 
-NETWORKS = {"mlp": MLP, **IMAGE_NETWORKS, **SEQUENCE_NETWORKS, **DIFFUSERS_NETWORKS}
+NETWORKS = {"mlp": MLP, **IMAGE_NETWORKS, **SEQUENCE_NETWORKS, **DIFFUSERS_NETWORKS, **SEQ2SEQ_NETWORKS}
 
 #: constructor arguments a builder fills from the data when the network takes them and the user did not set them
 DATA_DERIVED = ("dim", "in_channels", "image_size", "vocab_size", "seq_len", "num_classes")

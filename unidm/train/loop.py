@@ -325,8 +325,8 @@ def _train(model: nn.Module, data: Dataset, cfg: TrainConfig, run_dir: str, dist
     if cfg.compile:
         loss_module = torch.compile(loss_module)
 
-    order = BatchOrder(len(data.train), cfg.batch_size, cfg.seed, dist.rank, world)
     train_tensors = {k: v.to(device) for k, v in data.train_tensors().items()}
+    order = BatchOrder(len(train_tensors["x"]), cfg.batch_size, cfg.seed, dist.rank, world)
     max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
 
     def checkpoint(at: int) -> None:
