@@ -106,11 +106,31 @@ class DeletionDiffusion(GenerativeModel):
         end = torch.full((b, 1), self.end_id, dtype=torch.long, device=x0.device)
         return torch.cat([bos, x0], dim=1), torch.cat([x0, end], dim=1)
 
+    def _hint(self, x_t: Tensor, length_t: Tensor, j: Tensor) -> tuple[Tensor, Tensor]:
+        """The decoder's side inputs once ``j [B]`` tokens of ``x_t`` are matched: the next one (END when none is
+        left) and how many are left."""
+        rows = torch.arange(len(j), device=j.device)
+        nxt = x_t[rows, j.clamp_max(x_t.shape[1] - 1)]
+        return torch.where(j < length_t, nxt, torch.full_like(nxt, self.end_id)), length_t - j
+
+    def _matched(self, x_t: Tensor, length_t: Tensor, j: Tensor, tok: Tensor) -> Tensor:
+        """``j`` after the decoder writes ``tok``: leftmost matching of ``x_t`` in the output."""
+        rows = torch.arange(len(j), device=j.device)
+        return j + ((j < length_t) & (tok == x_t[rows, j.clamp_max(x_t.shape[1] - 1)])).long()
+
     def nll(self, x0: Tensor, length0: Tensor, x_t: Tensor, length_t: Tensor, alpha_t: Tensor) -> Tensor:
         """``-log p(x0 | x_t)`` in nats per sequence ``[B]`` (the tokens and END, teacher forcing; the distribution
         :meth:`predict` draws from without ``constrain``, so it sums to 1 over all sequences of length ``<= L``)."""
         tgt_in, target = self._targets(x0)
-        logits = self.net.decode(*self._encode(x_t, length_t, alpha_t), tgt_in)[..., : self.vocab_size + 1]
+        j = torch.zeros_like(length0)
+        hints = []
+        for i in range(self.max_len + 1):  # the side inputs along the teacher-forced prefix, as decoding sees them
+            hints.append(self._hint(x_t, length_t, j))
+            if i < self.max_len:
+                j = self._matched(x_t, length_t, j, torch.where(i < length0, x0[:, i], -1))
+        hint, count = (torch.stack(h, dim=1) for h in zip(*hints))
+        logits = self.net.decode(*self._encode(x_t, length_t, alpha_t), tgt_in, hint,
+                                 count)[..., : self.vocab_size + 1]
         logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, target[..., None]).squeeze(-1)
         pos = torch.arange(self.max_len + 1, device=x0.device)
         counted = (pos <= length0[:, None]) & (pos < self.max_len)  # after L tokens END is certain (as decoded)
@@ -133,8 +153,10 @@ class DeletionDiffusion(GenerativeModel):
                 constrain: bool = True, temperature: float = 1.0) -> tuple[Tensor, Tensor]:
         """Draw ``x0_hat ~ p(x0 | x_t)`` by ancestral decoding, token ``i`` from the uniform ``u[:, i]``.
 
-        With ``constrain`` the decoder may only write outputs that hold ``x_t`` as a subsequence: ``j`` counts the
-        tokens of ``x_t`` matched so far (leftmost matching, which finds an embedding whenever one exists); END is
+        ``j`` counts the tokens of ``x_t`` matched so far in the output (leftmost matching, which finds an embedding
+        whenever one exists); the decoder sees the next token to match and how many are left at every position
+        (in training too), so it knows what ``x_t`` still asks of it. With ``constrain`` the decoder may only write
+        outputs that hold ``x_t`` as a subsequence: END is
         masked while ``j < m``, and when the positions left equal the tokens of ``x_t`` left, only ``x_t[j]`` may
         be written. The other logits are renormalised (a locally constrained draw, exact when the model already
         puts no mass on outputs without ``x_t``). Returns ``(x0_hat [b, L], length [b])``.
@@ -149,8 +171,11 @@ class DeletionDiffusion(GenerativeModel):
         j = torch.zeros(b, dtype=torch.long, device=x_t.device)
         rows_b = torch.arange(b, device=x_t.device)
         symbols = torch.arange(self.vocab_size + 1, device=x_t.device)
+        hint = count = x_t.new_zeros(b, 0)
         for i in range(length_max + 1):
-            logits = self.net.decode(memory, memory_mask, tgt)[:, -1, : self.vocab_size + 1].double()
+            h, c = self._hint(x_t, length_t, j)
+            hint, count = torch.cat([hint, h[:, None]], dim=1), torch.cat([count, c[:, None]], dim=1)
+            logits = self.net.decode(memory, memory_mask, tgt, hint, count)[:, -1, : self.vocab_size + 1].double()
             logits = logits / temperature
             allowed = torch.ones_like(logits, dtype=torch.bool)
             if i == length_max:
@@ -167,8 +192,7 @@ class DeletionDiffusion(GenerativeModel):
             done = done | ends
             if i < length_max:
                 out[:, i] = torch.where(done, out[:, i], tok)
-                if constrain:
-                    j = j + (~done & (j < length_t) & (tok == x_t[rows_b, j.clamp_max(length_max - 1)])).long()
+                j = torch.where(done, j, self._matched(x_t, length_t, j, tok))
             if bool(done.all()):
                 break
             tgt = torch.cat([tgt, torch.where(done, torch.full_like(tok, self.end_id), tok)[:, None]], dim=1)

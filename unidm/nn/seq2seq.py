@@ -88,6 +88,8 @@ class Seq2SeqTransformer(nn.Module):
             raise ValueError(f"unknown embedding {embedding!r}; valid: {sorted(EMBEDDINGS)}")
         self.vocab_size, self.seq_len = vocab_size, seq_len
         self.tok = nn.Embedding(vocab_size, width)
+        self.hint_tok = nn.Embedding(vocab_size, width)
+        self.hint_count = nn.Embedding(seq_len + 1, width)
         self.src_pos = nn.Parameter(torch.randn(seq_len, width) * 0.02)
         self.tgt_pos = nn.Parameter(torch.randn(seq_len, width) * 0.02)
         self.noise_emb = EMBEDDINGS[embedding](width)
@@ -111,19 +113,29 @@ class Seq2SeqTransformer(nn.Module):
             h = layer(h, keys)
         return self.enc_norm(h), keys
 
-    def decode(self, memory: Tensor, memory_mask: Tensor, tgt: Tensor) -> Tensor:
-        """Logits ``[B, T, out]`` of the token after each target prefix."""
+    def decode(self, memory: Tensor, memory_mask: Tensor, tgt: Tensor, hint: Tensor | None = None,
+               hint_count: Tensor | None = None) -> Tensor:
+        """Logits ``[B, T, out]`` of the token after each target prefix.
+
+        ``hint [B, T]`` (ids) and ``hint_count [B, T]`` (``0 .. seq_len``): optional per-position side inputs, added
+        as embeddings to the target's (a caller's running state, e.g. the next source token still to be copied and
+        how many are left)."""
         t = tgt.shape[1]
         if t > self.seq_len:
             raise ValueError(f"target of length {t} is longer than the network's seq_len {self.seq_len}")
         h = self.tok(tgt.long()) + self.tgt_pos[:t]
+        if hint is not None:
+            h = h + self.hint_tok(hint.long())
+        if hint_count is not None:
+            h = h + self.hint_count(hint_count.long().clamp(0, self.seq_len))
         causal = torch.ones(t, t, dtype=torch.bool, device=tgt.device).tril()[None]
         for layer in self.decoder:
             h = layer(h, causal, memory, memory_mask)
         return self.out(self.out_norm(h))
 
-    def forward(self, src: Tensor, src_mask: Tensor, c_noise: Tensor, tgt: Tensor) -> Tensor:
-        return self.decode(*self.encode(src, src_mask, c_noise), tgt)
+    def forward(self, src: Tensor, src_mask: Tensor, c_noise: Tensor, tgt: Tensor, hint: Tensor | None = None,
+                hint_count: Tensor | None = None) -> Tensor:
+        return self.decode(*self.encode(src, src_mask, c_noise), tgt, hint, hint_count)
 
 
 SEQ2SEQ_NETWORKS: dict[str, type[nn.Module]] = {"seq2seq": Seq2SeqTransformer}
