@@ -26,7 +26,7 @@ Example:
     ...           "stderr": 0.1}, "bits_per_dim": {"mean": 1.08, "stderr": 0.07}}], "quality": None,
     ...           "sampling": None}]}
     >>> print(format_table(report).splitlines()[2])  # doctest: +NORMALIZE_WHITESPACE
-    a  gaussian  ode  ode  1.500 ± 0.100  -  -  1.0k  2.0  -
+    a  gaussian  ode  ode  1.500 ± 0.100  -  -  1.0k  10  2.0  -
 """
 
 from __future__ import annotations
@@ -61,12 +61,19 @@ def add_arguments(parser: argparse.ArgumentParser, positive_int, device) -> None
                              "hutchinson=1, rtol=1e-3, num_terms=100, n_t=8; one no method takes is refused")
     parser.add_argument("--no-quality", action="store_true", help="skip the samples (quality, sampling time)")
     parser.add_argument("--batch-size", type=positive_int, default=500, help="examples per likelihood batch")
-    parser.add_argument("--seed", type=int, default=0, help="dequantization noise, probes and ELBO draws; sample i "
+    parser.add_argument("--seed", type=_seed, default=0, help="dequantization noise, probes and ELBO draws; sample i "
                                                             "uses seed SEED + i")
     parser.add_argument("--json", action="store_true", help="print the report as JSON instead of the table")
     parser.add_argument("--out", metavar="FILE.json", help="also write the report as JSON here")
     parser.add_argument("--plot", metavar="FILE.png", help="also draw NLL and sample quality against sampling time")
     parser.add_argument("--device", type=device, default="cpu", help="cpu, cuda, cuda:N, mps or auto")
+
+
+def _seed(text: str) -> int:
+    """An argparse type: a whole number >= 0."""
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text!r}")
+    return int(text)
 
 
 def train_seconds(run_dir: str, step: int | None = None) -> tuple[float | None, str]:
@@ -253,7 +260,7 @@ def _table_rows(report: dict) -> list[list[str]]:
         q, s = r["quality"], r["sampling"]
         qcell = "-" if q is None else f"{q['value']:.4g} ({q['ratio']:.2f}x)"
         approx = "~" if r.get("train_seconds_source", "log") != "log" and r["train_seconds"] is not None else ""
-        tail = [_count(r["params"]), approx + _fmt(r["train_seconds"], ".1f"),
+        tail = [_count(r["params"]), str(r["steps"]), approx + _fmt(r["train_seconds"], ".1f"),
                 "-" if s is None else f"{1e3 * s['seconds_per_sample']:.3g}"]
         lik = r["likelihood"] or [None]
         for i, m in enumerate(lik):
@@ -263,7 +270,7 @@ def _table_rows(report: dict) -> list[list[str]]:
                 cells += ["(none)", "-", "-", "-"]
             else:
                 cells += [m["method"], m["kind"], _nll_cell(m, report["unit"]), _fmt(m.get("nfe_mean"), ".0f")]
-            rows.append(cells + ([qcell] + tail if first else ["", "", "", ""]))
+            rows.append(cells + ([qcell] + tail if first else [""] * (1 + len(tail))))
     return rows
 
 
@@ -277,7 +284,7 @@ def format_table(report: dict) -> str:
             "examples, lower is better")
     q = next((r["quality"]["headline"] for r in report["runs"] if r["quality"]), "quality")
     cols = ["run", "family", "method", "kind", unit if unit == "bits/dim" else "NLL nats", "NFE",
-            f"{q} (x floor)", "params", "train s", "ms/sample"]
+            f"{q} (x floor)", "params", "steps", "train s", "ms/sample"]
     body = _table_rows(report)
     widths = [max(len(c), *(len(r[i]) for r in body)) for i, c in enumerate(cols)]
     line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
@@ -319,12 +326,17 @@ def plot_compare(report: dict, path: str) -> str:
     ax1.set(xscale="log", xlabel="sampling time per sample (ms)", ylabel=f"held-out NLL ({unit})",
             title=f"{report['data']['name']}: likelihood (lower is better)")
     ax2.axhline(1.0, color="gray", lw=0.8, ls="--")
-    ax2.set(xscale="log", xlabel="sampling time per sample (ms)", ylabel=f"{q} / floor",
+    ax2.set(xscale="log", xlabel="sampling time per sample (ms)", ylabel=f"{q} / floor (log scale)",
             title="sample quality (1 = as good as real data)")
+    ax2.set_yscale("log")
     for ax in (ax1, ax2):
         ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%.3g"))
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%.3g"))
+        lo, hi = ax.get_xlim()
+        narrow = hi / lo < 10  # within a decade the minor ticks are the only labels, else they crowd
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%.3g") if narrow
+                                     else matplotlib.ticker.NullFormatter())
         ax.tick_params(axis="x", which="minor", labelsize=7)
+    ax2.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%.3g"))
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=120)
