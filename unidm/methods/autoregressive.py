@@ -264,9 +264,10 @@ class FVSBN(AutoregressiveModel):
 
 class NADE(AutoregressiveModel):
     """NADE (Larochelle & Murray 2011, eqs. 2-3): ``h_d = sigmoid(c + W_{:,<d} v_<d)``,
-    ``logits_d = b_d + V_d h_d``, the input weights ``W [H, D]`` shared by every conditional, so all ``D`` hidden
-    vectors cost ``O(DH)`` by a running sum. The output ``V_d [H, K]`` is a softmax over ``K`` levels (the paper's
-    sigmoid for ``K = 2``).
+    ``logits_d = b_d + V_d h_d``, the input weights ``W [H, D]`` shared by every conditional. All ``D`` hidden
+    vectors are computed at once, as one product with a strictly lower-triangular mask (the paper's running sum
+    ``a_{d+1} = a_d + W_{:,d} v_d`` is ``O(DH)`` but sequential). The output ``V_d [H, K]`` is a softmax over the
+    ``K`` levels (the paper's sigmoid for ``K = 2``).
 
     Args:
         hidden: ``H``, the hidden units (500 in the paper).
@@ -285,10 +286,9 @@ class NADE(AutoregressiveModel):
         self.b = nn.Parameter(torch.zeros(d, k))
 
     def logits(self, v: Tensor) -> Tensor:
-        contrib = v[:, :, None] * self.W.t()[None]  # [B, D, H]: v_d W_{:, d}
-        before = torch.cumsum(contrib, dim=1)[:, :-1]
-        a = self.c + torch.cat([torch.zeros_like(contrib[:, :1]), before], dim=1)  # sum over j < d only
-        return torch.einsum("bdh,dhk->bdk", torch.sigmoid(a), self.V) + self.b
+        below = torch.tril(torch.ones(self.dim, self.dim, dtype=v.dtype, device=v.device), -1)  # j < d
+        h = torch.sigmoid(self.c + (v[:, None, :] * below) @ self.W.t())  # [B, D, H]: h_d of eq. 2
+        return torch.bmm(h.transpose(0, 1), self.V).transpose(0, 1) + self.b
 
 
 def made_masks(dim: int, hidden: Sequence[int], levels: int, generator: torch.Generator,

@@ -94,9 +94,11 @@ class VAE(GenerativeModel, SupportsLikelihood):
         return self.decoder(z).reshape(*z.shape[:-1], self.dim, self.levels)
 
     def log_likelihood(self, idx: Tensor, z: Tensor) -> Tensor:
-        """``log p(x | z)`` ``[..., B]`` of the levels ``idx [B, D]`` for latents ``z [..., B, latent]``."""
+        """``log p(x | z)`` ``[..., B]`` of the levels ``idx [B, D]`` for latents ``z [..., B, latent]`` (or any
+        shape that broadcasts against ``B``, e.g. ``[Z, 1, latent]``)."""
         logp = torch.log_softmax(self.decode(z), -1)
-        return logp.gather(-1, idx.expand(*z.shape[:-1], -1)[..., None]).squeeze(-1).sum(-1)
+        shape = torch.broadcast_shapes(logp.shape[:-1], idx.shape)
+        return logp.expand(*shape, self.levels).gather(-1, idx.expand(shape)[..., None]).squeeze(-1).sum(-1)
 
     def elbo(self, x: Tensor, generator: Generators = None) -> Tensor:
         """One-draw ELBO ``[B]`` (Kingma & Welling 2014, eq. 10): ``log p(x | z) - KL(q(z | x) || N(0, I))`` with
