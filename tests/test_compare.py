@@ -52,7 +52,8 @@ def _binary_digits_presets() -> list[str]:
 def moons_runs(tmp_path_factory):
     """A DDPM (vp-discrete: ODE and ELBO), an EDM (ODE) and a PFGM (no likelihood) run on moons."""
     root = tmp_path_factory.mktemp("moons")
-    return [_train_tiny("moons-vp", str(root / "vpd"), ["method.process=vp-discrete", "method.noise_levels=discrete-t"]),
+    ddpm = ["method.process=vp-discrete", "method.noise_levels=discrete-t"]
+    return [_train_tiny("moons-vp", str(root / "vpd"), ddpm),
             _train_tiny("moons-edm", str(root / "edm")), _train_tiny("moons-pfgm", str(root / "pfgm"))]
 
 
@@ -195,7 +196,8 @@ def test_bad_data_is_one_line_and_nothing_written(capsys, tmp_path, digits_run, 
         _refused(_cli(capsys, "likelihood", digits_run, "--data", paths[name], "--out", out), word, "--data")
         assert not out.exists()
     tokens = load_run(binary_runs[0]).data.test[:3].numpy()
-    for name, arr, word in [("float", tokens.astype(np.float32), "integer tokens"), ("vocab", tokens + 2, "vocabulary")]:
+    for name, arr, word in [("float", tokens.astype(np.float32), "integer tokens"),
+                            ("vocab", tokens + 2, "vocabulary")]:
         np.save(tmp_path / f"{name}.npy", arr)
         _refused(_cli(capsys, "likelihood", binary_runs[0], "--data", tmp_path / f"{name}.npy"), word)
     _refused(_cli(capsys, "likelihood", binary_runs[0], "--data", paths["wrong-shape"], "--split", "test"), "--split")
@@ -226,7 +228,7 @@ def test_reads_no_family_name():
     import ast
     import inspect
 
-    import unidm.commands.compare as compare
+    from unidm.commands import compare
     from unidm.methods import FAMILIES
 
     strings = {n.value for n in ast.walk(ast.parse(inspect.getsource(compare))) if isinstance(n, ast.Constant)

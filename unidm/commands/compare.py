@@ -32,6 +32,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -109,8 +110,8 @@ def train_seconds(run_dir: str, step: int | None = None) -> tuple[float | None, 
         if all(os.path.isfile(f) for f in files):
             return max(0.0, os.path.getmtime(files[1]) - os.path.getmtime(files[0])), "file times"
         return None, "none"
-    total = sum(a[0] for a, b in zip(records, records[1:]) if b[0] < a[0]) + records[-1][0]
-    t, last_step, rate = records[-1]
+    total = sum(a[0] for a, b in itertools.pairwise(records) if b[0] < a[0]) + records[-1][0]
+    _, last_step, rate = records[-1]
     if step is not None and step > last_step and rate > 0:
         return total + (step - last_step) / rate, "log+tail"
     return total, "log"
@@ -287,9 +288,14 @@ def format_table(report: dict) -> str:
             f"{q} (x floor)", "params", "steps", "train s", "ms/sample"]
     body = _table_rows(report)
     widths = [max(len(c), *(len(r[i]) for r in body)) for i, c in enumerate(cols)]
-    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
     kinds = sorted({m["kind"] for r in report["runs"] for m in r["likelihood"]})
     notes = [f"  {k}: {KIND_NOTES[k]}" for k in kinds if k in KIND_NOTES]
+    for r, name in zip(report["runs"], _names(report)):
+        for m in r["likelihood"]:
+            if m.get("latent_outliers"):
+                notes.append(f"  {name} {m['method']}: {m['latent_outliers']} runaway latents dominate the mean; "
+                             f"median {m['bits_per_dim_median']:.3f} bits/dim (docs/likelihood.md, runaway latents)")
     if d.get("levels"):
         notes.append(f"  continuous densities on the {d['levels']}-level data are uniformly dequantized: "
                      "-log p(x + u) - D log(bin width), whose mean over u is itself an upper bound on the discrete NLL")
@@ -320,7 +326,8 @@ def plot_compare(report: dict, path: str) -> str:
             ax2.scatter(t, r["quality"]["ratio"], s=50, color=color)
             ax2.annotate(name, (t, r["quality"]["ratio"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
     for kind, mk in markers.items():
-        ax1.scatter([], [], marker=mk, color="gray", label=f"{kind}{' (upper bound on NLL)' if kind == 'bound' else ''}")
+        note = " (upper bound on NLL)" if kind == "bound" else ""
+        ax1.scatter([], [], marker=mk, color="gray", label=kind + note)
     ax1.legend(fontsize=7, loc="best")
     q = next((r["quality"]["headline"] for r in report["runs"] if r["quality"]), "quality")
     ax1.set(xscale="log", xlabel="sampling time per sample (ms)", ylabel=f"held-out NLL ({unit})",
