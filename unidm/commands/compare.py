@@ -344,6 +344,8 @@ def plot_compare(report: dict, path: str) -> str:
                                      else matplotlib.ticker.NullFormatter())
         ax.tick_params(axis="x", which="minor", labelsize=7)
     ax2.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%.3g"))
+    ax2.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%.3g"))
+    ax2.tick_params(axis="y", which="minor", labelsize=7)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=120)
