@@ -264,6 +264,13 @@ def test_vocabulary_mismatch_between_run_and_data_is_refused(tmp_path, capsys):
     assert main(["eval", out, "-n", "2"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "vocabulary mismatch" in err and "abc" in err and "xyz" in err
+    text.unlink()  # the data file gone: the run still samples (its vocabulary is in its weights), but cannot decode
+    assert main(["sample", out, "-n", "2", "--steps", "1", "--out", str(tmp_path / "s.npz")]) == 0
+    capsys.readouterr()
+    assert main(["sample", out, "-n", "2", "--steps", "1", "--out", str(tmp_path / "s.npz"),
+                 "--plot", str(tmp_path / "s.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "lines.txt" in err
 
 
 def test_family_refuses_fixed_length_tokens():

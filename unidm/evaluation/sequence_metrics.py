@@ -76,13 +76,22 @@ def sequence_statistics(texts: list[str], test: list[str], vocabulary: set[str])
     }
 
 
+def _itos(data) -> str:
+    """The data's symbols; a run whose data file is gone has none to decode with (one line naming the file)."""
+    if not data.meta.get("itos"):
+        missing = data.meta.get("missing", "it holds no vocabulary")
+        raise FileNotFoundError(f"decoding the samples needs the run's data, and {missing}; put the file back at "
+                                "that path")
+    return data.meta["itos"]
+
+
 def _entry(value: float, floor: float) -> dict:
     return {"value": value, "floor": floor, "ratio": value / floor if floor > 0 else float("inf")}
 
 
 def evaluate_sequences(samples: Tensor, data) -> dict:
     """Sample quality of padded sequences ``[N, L]`` against the held-out split, each statistic with its floor."""
-    itos = data.meta["itos"]
+    itos = _itos(data)
     n = min(len(samples), len(data.test))
     texts = decode_sequences(samples[:n].long().cpu(), itos)
     test = decode_sequences(data.test[:n], itos)
@@ -104,7 +113,7 @@ def plot_sequences(samples: Tensor, data, path: str, title: str = "") -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    itos = data.meta["itos"]
+    itos = _itos(data)
     texts = decode_sequences(samples.long().cpu(), itos)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(os.path.splitext(path)[0] + ".txt", "w", encoding="utf-8") as f:
