@@ -6,6 +6,8 @@ For data ``x0 ~ p`` and ``x = x0 + sigma * eps`` the ideal denoiser is ``D(x, si
   ``N(mu, v + sigma^2)``; the probability-flow ODE carries ``x(sigma0)`` to
   ``mu + sqrt((v + sigma^2) / (v + sigma0^2)) (x(sigma0) - mu)``.
 - :class:`GaussianMixtureOracle`: the same per component, weighted by the posterior responsibilities at sigma.
+- :class:`GaussianRectifiedFlow`: the exact 1- and 2-rectified flows from ``N(0, I)`` to ``N(mu, c^2 I)`` (Liu et al.
+  2022), as velocities in both time conventions and as denoisers.
 - :class:`EmpiricalOracle` (a finite training set): a softmax over ``-|x - x_i|^2 / (2 sigma^2)`` of the points.
 - :class:`PFGMPPPointSetOracle`: the same finite set under the PFGM++ kernel (Xu et al. 2023), a softmax over
   ``-(N + D)/2 log(|x - x_i|^2 + r^2)`` with ``r = sigma sqrt(D)``; :func:`pfgmpp_kernel_log_prob` is that kernel's
@@ -25,7 +27,7 @@ from torch import Tensor
 
 from .utils import as_sigma_batch
 
-__all__ = ["GaussianOracle", "GaussianMixtureOracle", "EmpiricalOracle", "PFGMPPPointSetOracle",
+__all__ = ["GaussianOracle", "GaussianMixtureOracle", "GaussianRectifiedFlow", "EmpiricalOracle", "PFGMPPPointSetOracle",
            "pfgmpp_kernel_log_prob", "poisson_field", "sphere_area"]
 
 _LOG_2PI = math.log(2 * math.pi)
@@ -144,6 +146,95 @@ class GaussianMixtureOracle:
         """Monte Carlo ``H = -E log p(x0)`` (standard error ~ std / sqrt(n))."""
         g = torch.Generator().manual_seed(seed)
         return float(-self.log_prob(self.sample(n, generator=g)).mean())
+
+
+class GaussianRectifiedFlow:
+    """The exact ``k``-rectified flow from ``N(0, I)`` to ``N(mu, c^2 I)`` (Liu et al. 2022, "Flow Straight and
+    Fast", Sec. 2-3; the Gaussian case in closed form).
+
+    **Time conventions.** Liu et al. run ``tau`` from noise (``tau = 0``, ``X0 ~ N(0, I)``) to data (``tau = 1``,
+    ``X1``) on ``X_tau = tau X1 + (1 - tau) X0``; unidm runs ``t = 1 - tau`` from data (``t = 0``) to the prior
+    (``t = 1``) on ``x_t = (1 - t) x0 + t eps`` (the ``flow`` process), so ``v_unidm(x, t) = -v_liu(x, 1 - t)``.
+    In sigma-space (``x = x_t / (1 - t)``, ``sigma = t / (1 - t)``) the ODE ``dx_t/dt = v`` is the probability flow of
+    the denoiser ``D(x, sigma) = x_t - t v_unidm(x_t, t)``.
+
+    - ``k = 1`` (the independent coupling): ``v_liu(x, tau) = mu + (tau c^2 - (1 - tau)) / (tau^2 c^2 + (1 - tau)^2)
+      (x - tau mu)``, the flow-matching velocity ``E[X1 - X0 | X_tau = x]``; as a denoiser it is exactly
+      :class:`GaussianOracle` ``(mu, c^2)``. Its path from ``z`` is ``tau mu + s(tau) z`` with ``s(tau) =
+      sqrt(tau^2 c^2 + (1 - tau)^2)``: curved for every ``c > 0`` (``s`` is not affine in ``tau``), with
+      straightness ``d c (2 - pi / 2)``.
+    - ``k >= 2`` (one reflow of the 1-RF coupling ``(z, mu + c z)``, a straight deterministic coupling, which further
+      reflows leave unchanged): ``mu + (c - 1) z`` along the straight path from ``z``; as a field
+      ``v_liu(x, tau) = mu + (c - 1) (x - tau mu) / (1 + tau (c - 1))``. Straightness 0; one Euler step is exact.
+
+    Args:
+        mean: ``mu`` ``[d]``.
+        scale: ``c > 0`` (the data's standard deviation per coordinate).
+        k: the reflow count (1 or more).
+
+    Example:
+        >>> mu = torch.tensor([1.0, -2.0], dtype=torch.float64)
+        >>> rf, gauss = GaussianRectifiedFlow(mu, 0.5), GaussianOracle(mu, torch.full((2,), 0.25, dtype=torch.float64))
+        >>> x = torch.randn(4, 2, dtype=torch.float64)
+        >>> torch.allclose(rf(x, 0.7), gauss(x, 0.7))
+        True
+        >>> z = torch.randn(4, 2, dtype=torch.float64)
+        >>> two = GaussianRectifiedFlow(mu, 0.5, k=2)
+        >>> torch.allclose(z - 1.0 * two.velocity(z, torch.ones(4, dtype=torch.float64)), two.transport(z))
+        True
+    """
+
+    def __init__(self, mean: Tensor, scale: float, k: int = 1):
+        if not (math.isfinite(scale) and scale > 0):
+            raise ValueError(f"scale c must be a finite number > 0, got {scale!r}")
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"k (the reflow count) must be a whole number >= 1, got {k!r}")
+        self.mean, self.scale, self.k = torch.as_tensor(mean), float(scale), k
+
+    @property
+    def dim(self) -> int:
+        return self.mean.numel()
+
+    def velocity_liu(self, x: Tensor, tau: Tensor | float) -> Tensor:
+        """``v(x, tau)`` in Liu et al.'s convention (``tau = 0`` noise, ``tau = 1`` data) [B, d]."""
+        tau = _col(as_sigma_batch(tau, x))
+        mu, c = self.mean.to(x), self.scale
+        if self.k == 1:
+            return mu + (tau * c**2 - (1 - tau)) / (tau**2 * c**2 + (1 - tau) ** 2) * (x - tau * mu)
+        return mu + (c - 1) * (x - tau * mu) / (1 + tau * (c - 1))
+
+    def velocity(self, x_t: Tensor, t: Tensor | float) -> Tensor:
+        """``dx_t / dt`` in unidm's convention (``t = 0`` data, ``t = 1`` prior): ``-v_liu(x_t, 1 - t)``."""
+        return -self.velocity_liu(x_t, 1 - as_sigma_batch(t, x_t))
+
+    def __call__(self, x: Tensor, sigma: Tensor | float, **cond) -> Tensor:
+        """The denoiser ``D(x, sigma) = x_t - t v(x_t, t)`` with ``t = sigma / (1 + sigma)``,
+        ``x_t = x / (1 + sigma)``."""
+        sigma = as_sigma_batch(sigma, x)
+        t = sigma / (1 + sigma)
+        x_t = x / _col(1 + sigma)
+        return x_t - _col(t) * self.velocity(x_t, t)
+
+    def path(self, z: Tensor, t: Tensor | float) -> Tensor:
+        """The exact ODE state at unidm time ``t`` of the trajectory that starts at the prior point ``z`` (t = 1)."""
+        tau = _col(1 - as_sigma_batch(t, z))
+        mu, c = self.mean.to(z), self.scale
+        s = torch.sqrt(tau**2 * c**2 + (1 - tau) ** 2) if self.k == 1 else 1 + tau * (c - 1)
+        return tau * mu + s * z
+
+    def transport(self, z: Tensor) -> Tensor:
+        """The map from the prior to the data, ``mu + c z`` (the same for every ``k``)."""
+        return self.mean.to(z) + self.scale * z
+
+    def straightness(self) -> float:
+        """The exact straightness ``E int_0^1 |(Z1 - Z0) - dZ_t/dt|^2 dt`` of its trajectories (summed over dims):
+        ``d c (2 - pi / 2)`` for ``k = 1`` (from ``int s'^2 = 1 + c^2 - c pi / 2``), 0 for ``k >= 2``."""
+        return self.dim * self.scale * (2 - math.pi / 2) if self.k == 1 else 0.0
+
+    def coupling_straightness(self) -> float:
+        """``E int_0^1 Var(X1 - X0 | X_tau) dtau`` of the **independent** coupling (summed over dims):
+        ``d c pi / 2``, the flow-matching loss of the exact 1-RF velocity on independent pairs."""
+        return self.dim * self.scale * math.pi / 2
 
 
 class EmpiricalOracle:

@@ -35,7 +35,7 @@ from torch import Tensor
 from ..rng import Generators, rand
 
 __all__ = ["COUPLINGS", "couple", "coupling_indices", "exact_ot_indices", "sinkhorn_plan", "sb_noise_level",
-           "transport_cost"]
+           "sb_bridge", "plan_rows", "transport_cost"]
 
 #: every coupling by name; ``*-class`` couple within a class and need labels
 COUPLINGS = ("independent", "ot", "sinkhorn", "sb", "ot-class", "sinkhorn-class", "sb-class")
@@ -49,6 +49,25 @@ def sb_noise_level(reg: float) -> float:
     0.5
     """
     return math.sqrt(float(reg) / 2.0)
+
+
+def sb_bridge(x0: Tensor, eps: Tensor, sigma: Tensor, noise_level: float, z: Tensor) -> tuple[Tensor, Tensor]:
+    """``(x, target)``: SB-CFM's Brownian-bridge point and its regression target in sigma-space (Tong et al. 2023,
+    Sec. 3.4, Prop. 3.4 with bridge noise ``s``).
+
+    On the flow path the bridge is ``x_t = (1 - t) x0 + t eps + s sqrt(t (1 - t)) z`` with the velocity
+    ``u_t = (eps - x0) + (1 - 2t) / (2t (1 - t)) (x_t - mu_t)``, ``mu_t = (1 - t) x0 + t eps``. With
+    ``x = x_t / (1 - t)``, ``sigma = t / (1 - t)`` and the sigma-space ODE ``dx/dsigma = (x - D) / sigma`` (so
+    ``D = x_t - t u_t``) this is ``x = x0 + sigma eps + s sqrt(sigma) z`` and ``target = x0 + (s / 2) sqrt(sigma) z``:
+    regressing ``D`` on the target makes the learned ODE the bridge's marginal flow ``E[u_t | x_t]``.
+
+    >>> x, target = sb_bridge(torch.zeros(1, 2), torch.ones(1, 2), torch.tensor([4.0]), 0.5, torch.ones(1, 2))
+    >>> x.tolist(), target.tolist()
+    ([[5.0, 5.0]], [[0.5, 0.5]])
+    """
+    shape = (-1, *([1] * (x0.ndim - 1)))
+    bridge = float(noise_level) * sigma.sqrt().reshape(shape) * z
+    return x0 + sigma.reshape(shape) * eps + bridge, x0 + 0.5 * bridge
 
 
 def _cost(x0: Tensor, eps: Tensor) -> Tensor:
@@ -81,12 +100,16 @@ def exact_ot_indices(x0: Tensor, eps: Tensor) -> Tensor:
     return torch.from_numpy(out).to(x0.device)
 
 
-def sinkhorn_plan(cost: Tensor, reg: float, tol: float = 1e-9, max_iter: int = 5000) -> Tensor:
+def sinkhorn_plan(cost: Tensor, reg: float, tol: float = 1e-4, max_iter: int = 2000) -> Tensor:
     """The entropic OT plan ``P [B, B']`` between uniform marginals for ``cost`` (Cuturi 2013, "Sinkhorn Distances",
     eq. 2: ``min <P, C> - reg H(P)``) by log-domain Sinkhorn iterations in float64 with reg-scaling (the potentials
-    of a larger regularisation warm-start the next, down to ``reg``), so small ``reg`` stays stable.
+    of a larger regularisation warm-start the next, halving down to ``reg``; Schmitzer 2019, Sec. 3.2), so small
+    ``reg`` stays stable.
 
-    Stops when the row marginals are within ``tol`` (L1) of uniform (the columns are exact after every update).
+    Stops when the row marginals are within ``tol`` (L1) of uniform (the columns are exact after every update),
+    checked every 10 iterations, or after ``max_iter`` iterations at the final ``reg``. Cost: a few hundred
+    iterations of two ``[B, B']`` log-sum-exps for ``reg`` around 1/500 of the largest cost (about 0.3 s for
+    ``B = 512`` on one CPU core); exact OT (:func:`exact_ot_indices`) is far cheaper at training batch sizes.
 
     >>> P = sinkhorn_plan(torch.tensor([[0.0, 1.0], [1.0, 0.0]]), reg=0.1)
     >>> torch.allclose(P.sum(0), torch.full((2,), 0.5, dtype=torch.float64))
@@ -106,25 +129,32 @@ def sinkhorn_plan(cost: Tensor, reg: float, tol: float = 1e-9, max_iter: int = 5
     regs = [reg]
     while regs[-1] * 2 < scale:  # reg-scaling: reg, 2 reg, 4 reg ... up to the cost's scale, taken largest first
         regs.append(regs[-1] * 2)
-    for i, r in enumerate(reversed(regs)):
-        last = i == len(regs) - 1
-        for _ in range(max_iter if last else 50):
+    for r in reversed(regs):
+        for i in range(max_iter if r == reg else 5):
             f = -r * torch.logsumexp((g[None, :] - C) / r + log_b[None, :], dim=1)
             g = -r * torch.logsumexp((f[:, None] - C) / r + log_a[:, None], dim=0)
-            if last:
+            if i % 10 == 9:
                 rows = torch.exp((f[:, None] + g[None, :] - C) / r + log_a[:, None] + log_b[None, :]).sum(1)
                 if float((rows - log_a.exp()).abs().sum()) < tol:
                     break
     return torch.exp((f[:, None] + g[None, :] - C) / reg + log_a[:, None] + log_b[None, :])
 
 
+def plan_rows(plan: Tensor, generator: Generators = None) -> Tensor:
+    """``[B]`` one column index per row of ``plan [B, B']``, drawn with probabilities proportional to the row (one
+    uniform per row from ``generator``, inverted through the row's cumulative distribution).
+
+    >>> plan_rows(torch.tensor([[0.0, 1.0], [1.0, 0.0]])).tolist()
+    [1, 0]
+    """
+    cdf = torch.cumsum(plan / plan.sum(1, keepdim=True), dim=1)
+    u = rand((len(plan), 1), generator, dtype=torch.float64, device=plan.device).to(cdf.device)
+    return torch.searchsorted(cdf, u).clamp_(max=cdf.shape[1] - 1).reshape(-1)
+
+
 def _plan_indices(x0: Tensor, eps: Tensor, reg: float, generator: Generators) -> Tensor:
-    """Each row ``i`` draws its partner ``j`` from row ``i`` of the entropic plan (one uniform per row from
-    ``generator``, inverted through the row's cumulative distribution)."""
-    P = sinkhorn_plan(_cost(x0, eps), reg)
-    cdf = torch.cumsum(P / P.sum(1, keepdim=True), dim=1)
-    u = rand((len(x0), 1), generator, dtype=torch.float64, device=x0.device).to(cdf.device)
-    return torch.searchsorted(cdf, u).clamp_(max=cdf.shape[1] - 1).reshape(-1).to(x0.device)
+    """Each data row ``i`` draws its partner ``j`` from row ``i`` of the entropic plan."""
+    return plan_rows(sinkhorn_plan(_cost(x0, eps), reg), generator).to(x0.device)
 
 
 def coupling_indices(x0: Tensor, eps: Tensor, kind: str = "independent", *, reg: float = 0.05,
