@@ -173,3 +173,24 @@ def test_non_flow_parent_is_refused_and_left_untouched(tmp_path, capsys):
         assert len(err.splitlines()) == 1 and "deterministic probability-flow ODE" in err and "'gaussian'" in err
     assert _folder_digest(parent) == before
     assert main(["reflow", parent, "--out", parent]) == 2
+
+
+@pytest.mark.slow  # two processes start torch
+@pytest.mark.skipif(not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
+                    reason="torch.distributed with gloo is not available")
+def test_reflow_under_torchrun_shares_the_chunks_and_trains(parent, tmp_path):
+    import subprocess
+    import sys
+
+    out = str(tmp_path / "ddp")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "unidm",
+           "reflow", parent, "--out", out, "--pairs", "64", "--chunk-size", "16", "--rtol", "1e-3", "--atol", "1e-3",
+           "--device", "cpu", "train.steps=2", "train.batch_size=32", "sample.n=20"]
+    p = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    one = str(tmp_path / "one")
+    assert main(["reflow", parent, "--out", one, "--pairs", "64", "--chunk-size", "16", "--rtol", "1e-3", "--atol",
+                 "1e-3", "--pairs-only"]) == 0
+    a, b = read_pairs(os.path.join(out, "pairs")), read_pairs(os.path.join(one, "pairs"))
+    assert all(torch.equal(a[k], b[k]) for k in a)  # ranks drew alternate chunks: the same pairs as one process
+    assert load_run(out).step == 2
