@@ -34,5 +34,7 @@ PRESETS: dict[str, dict] = {
                            _train(3000, 2e-3, weight_decay=1e-3)),
     "digits-pixelcnn": _preset("pixelcnn", "digits", {"channels": 32, "layers": 4, "head": 64}, {},
                                _train(2000, 2e-3, batch_size=64)),
-    "digits-vae": _preset("vae", "digits", {"hidden": 256, "depth": 2, "latent": 16}, {}, _train(3000, 2e-3)),
+    # 800 steps: the categorical decoder over 17 levels overfits the 1438 training images (held-out IWAE 2.05 bits/dim
+    # at 800 steps, 2.15 at 1500, 3.45 at 3000)
+    "digits-vae": _preset("vae", "digits", {"hidden": 256, "depth": 2, "latent": 16}, {}, _train(800, 2e-3)),
 }
