@@ -194,3 +194,35 @@ def test_reflow_under_torchrun_shares_the_chunks_and_trains(parent, tmp_path):
     a, b = read_pairs(os.path.join(out, "pairs")), read_pairs(os.path.join(one, "pairs"))
     assert all(torch.equal(a[k], b[k]) for k in a)  # ranks drew alternate chunks: the same pairs as one process
     assert load_run(out).step == 2
+
+
+def test_student_starts_as_its_teacher_and_its_feature_loss_adds_the_feature_distance(parent):
+    from unidm.config import apply_overrides
+    from unidm.presets import get_preset
+    from unidm.run import build_data, build_model
+
+    class Doubler(torch.nn.Module):
+        def features(self, x):
+            return 2 * x
+
+    over = ["model.hidden=16", "model.depth=2", "data.n_train=400", "data.n_test=200", f"method.teacher={parent}"]
+    cfg = apply_overrides(get_preset("moons-flow-distill"), over)
+    data = build_data(cfg)
+    plain = build_model(cfg, data)
+    teacher = load_run(parent).model
+    assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in plain.state_dict().items())
+    weighted = build_model(apply_overrides(cfg, ["method.feature_weight=0.5"]), data)
+    g = torch.Generator().manual_seed(0)
+    batch = {"x": torch.randn(6, 2, generator=g), "noise": torch.randn(6, 2, generator=g)}
+    with pytest.raises(ValueError, match="feature network"):
+        weighted.loss(batch)
+    weighted.add_frozen("features", Doubler())
+    # |phi(a) - phi(b)|^2 = 4 |a - b|^2 for phi = 2x: the loss is (1 + 4 w) times the plain one
+    torch.testing.assert_close(weighted.loss(batch), 3.0 * plain.loss(batch))
+    # one Euler step: the student's output is its denoiser at sigma_max, compared with x1
+    smax = plain.process.sigma_max
+    direct = (plain.denoiser(batch["noise"] * smax, torch.full((6,), smax)) - batch["x"]).pow(2).mean(1)
+    torch.testing.assert_close(plain.loss(batch), direct, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="Tweedie"):
+        plain.check_sampling("ddpm")
+    assert plain.likelihood_methods() == {}

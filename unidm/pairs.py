@@ -84,8 +84,9 @@ def check_parent(model: TrainableModel, path: str, what: str = "reflow") -> None
           and "adaptive" in model.samplers and not type(model).frozen_keys)
     if not ok:
         family = getattr(model, "family", type(model).__name__)
+        on = f" on process {process.name!r}" if isinstance(process, GaussianProcess) else ""
         raise ValueError(f"{what} needs a diffusion or flow run sampled by a deterministic probability-flow ODE "
-                         f"from a Gaussian prior; {path} is a {family!r} run, which is not")
+                         f"from a Gaussian prior; {path} is a {family!r} run{on}, which is not")
 
 
 def weights_digest(model: TrainableModel) -> str:
