@@ -41,7 +41,8 @@ import torch
 
 from unidm.cli import main as unidm
 from unidm.commands.guidance import prior_labels
-from unidm.evaluation.sample_quality import evaluate_samples
+from unidm.evaluation.metrics import sliced_wasserstein
+from unidm.evaluation.sample_quality import evaluate_samples, reference_set
 from unidm.evaluation.straightness import flow_report, ode_straightness
 from unidm.presets import get_preset
 from unidm.run import build_data, build_model, load_run
@@ -70,16 +71,29 @@ def _train_seconds(run_dir: str) -> float:
         return float(json.loads(f.read().strip().splitlines()[-1])["time"])
 
 
+_FLOORS: dict = {}
+
+
 def _quality(samples: torch.Tensor, data) -> dict:
-    rep = evaluate_samples(samples.float().cpu(), data, **({"stratified": True} if data.kind == "image" else {}))
-    m = rep["metrics"]
+    """Images: ``unidm eval``'s evaluator (Fréchet over the resampled floor, C2ST). Vectors: sliced W2 against the
+    held-out split over its floor (the mean of three fresh real draws, computed once per dataset, as
+    :func:`unidm.evaluation.metrics.compare` does) and, for a mixture, the cross-entropy gap under the true density."""
+    samples = samples.float().cpu()
     if data.kind == "image":
+        m = evaluate_samples(samples, data, stratified=True)["metrics"]
         fd = m["frechet"]
         return {"frechet": fd["value"], "frechet_floor": fd["resampled"]["mean"], "frechet_ratio": fd["ratio_resampled"],
                 "c2st": m.get("c2st", {}).get("value")}
-    out = {"sw2": m["sliced_w2"]["value"], "sw2_ratio": m["sliced_w2"]["ratio"]}
-    if "cross_entropy" in rep:
-        out["ce_gap"] = rep["cross_entropy"]["gap"]
+    test = data.test[: len(samples)].float()
+    key = (data.name, len(test))
+    if key not in _FLOORS:
+        refs = [reference_set(data, len(test), seed=12345 + i) for i in range(3)]
+        _FLOORS[key] = sum(sliced_wasserstein(r.float(), test) for r in refs) / len(refs)
+    sw2 = sliced_wasserstein(samples[: len(test)], test)
+    out = {"sw2": sw2, "sw2_floor": _FLOORS[key], "sw2_ratio": sw2 / _FLOORS[key]}
+    oracle = data.meta.get("oracle")
+    if oracle is not None:
+        out["ce_gap"] = float(-oracle.log_prob(samples.double()).mean()) - oracle.entropy()
     return out
 
 
@@ -172,15 +186,20 @@ def run_dataset(name: str, root: str, args) -> dict:
     cls = "-class" if image else ""
     out: dict = {"preset": preset, "rows": {}}
     t0 = time.perf_counter()
-    _quiet(["train", preset, "--out", d("1-RF"), f"train.steps={args.steps}", *base])
-    _quiet(["train", preset, "--out", d("OT"), f"train.steps={args.steps}", f"method.coupling=ot{cls}", *base])
-    _quiet(["train", preset, "--out", d("SB"), f"train.steps={args.steps}", f"method.coupling=sb{cls}",
-            f"method.coupling_reg={args.sb_reg}", *base])
+
+    def once(row: str, *cmd: str) -> None:  # --keep DIR --reuse: a finished run is not trained again
+        if not (args.reuse and os.path.isfile(os.path.join(d(row), "model.safetensors"))):
+            _quiet([*cmd, "--out", d(row)])
+
+    once("1-RF", "train", preset, f"train.steps={args.steps}", *base)
+    once("OT", "train", preset, f"train.steps={args.steps}", f"method.coupling=ot{cls}", *base)
+    once("SB", "train", preset, f"train.steps={args.steps}", f"method.coupling=sb{cls}",
+         f"method.coupling_reg={args.sb_reg}", *base)
     pairs = ["--pairs", str(args.pairs), "--chunk-size", str(min(args.pairs, 2000)), f"train.steps={args.reflow_steps}",
              "train.warmup=0", *base]
-    _quiet(["reflow", d("1-RF"), "--out", d("2-RF"), *pairs])
-    _quiet(["reflow", d("2-RF"), "--out", d("3-RF"), *pairs])
-    _quiet(["distill", d("2-RF"), "--out", d("2-RF+D1"), "--steps", "1", "--pairs-from", d("3-RF"), *pairs])
+    once("2-RF", "reflow", d("1-RF"), *pairs)
+    once("3-RF", "reflow", d("2-RF"), *pairs)
+    once("2-RF+D1", "distill", d("2-RF"), "--steps", "1", "--pairs-from", d("3-RF"), *pairs)
     out["train_minutes"] = (time.perf_counter() - t0) / 60
     for row in ROWS[:6]:
         out["rows"][row] = _unidm_row(d(row), args.n_eval)
@@ -238,6 +257,9 @@ def main() -> None:
                         "0.05 its Sinkhorn solve costs ~40x an exact OT step")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--keep", help="keep the runs in this folder (default: a temporary folder, removed)")
+    p.add_argument("--reuse", action="store_true", help="with --keep: evaluate the finished runs found there instead "
+                                                        "of training them again")
+    p.add_argument("--json", help="result file name under benchmarks/results (default: reflow[-quick].json)")
     args = p.parse_args()
     if args.quick:
         args.datasets, args.steps, args.reflow_steps, args.pairs, args.n_eval = ["moons"], 300, 200, 2000, 1000
@@ -255,7 +277,8 @@ def main() -> None:
     print_table(results)
     print(f"\ntotal {(time.perf_counter() - t0) / 60:.1f} min")
     os.makedirs(os.path.join(os.path.dirname(__file__), "results"), exist_ok=True)
-    path = os.path.join(os.path.dirname(__file__), "results", f"reflow{'-quick' if args.quick else ''}.json")
+    path = os.path.join(os.path.dirname(__file__), "results",
+                        args.json or f"reflow{'-quick' if args.quick else ''}.json")
     with open(path, "w") as f:
         json.dump({"settings": vars(args), "results": results}, f, indent=1)
     print(f"-> {path}")
