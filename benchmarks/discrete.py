@@ -2,10 +2,11 @@
 training budget (bits per token), and sample quality vs sampling steps.
 
     python benchmarks/discrete.py [--quick] [--digits-steps 800] [--text-steps 400] [--threads 1]
-                                  [--families masked,uniform]
+                                  [--families masked,uniform,uniform-plain] [--data digits,text]
 
 For each data set it trains ``digits-masked`` / ``binary-digits-uniform`` (the same ``token-mlp``) and
-``text-masked`` / ``text-uniform`` (the same small Transformer) for the same number of optimizer steps, then
+``text-masked`` / ``text-uniform`` (the same small Transformer) for the same number of optimizer steps
+(``uniform-plain``: the uniform presets with D3PM's plain logits, ``method.likelihood_skip=false``), then
 reports
 
 - the ELBO bound on held-out data in bits per token (masked: MD4's continuous-time bound, stratified over the
@@ -39,8 +40,12 @@ from unidm.run import build_data, build_model, load_run
 from unidm.train import train
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-PRESETS = {"digits": {"masked": "digits-masked", "uniform": "binary-digits-uniform"},
-           "text": {"masked": "text-masked", "uniform": "text-uniform"}}
+PRESETS = {"digits": {"masked": "digits-masked", "uniform": "binary-digits-uniform",
+                      "uniform-plain": "binary-digits-uniform"},
+           "text": {"masked": "text-masked", "uniform": "text-uniform", "uniform-plain": "text-uniform"}}
+#: variants: ``uniform-plain`` is D3PM's plain x0 logits (no closed-form likelihood term added)
+VARIANTS = {"uniform-plain": ["method.likelihood_skip=false"]}
+FAMILIES = ("masked", "uniform", "uniform-plain")
 #: the text models are shrunk alike so that a CPU run trains them for a few hundred steps
 TEXT_SIZE = ["model.width=96", "model.depth=2"]
 
@@ -92,6 +97,7 @@ def _one(kind: str, family: str, args, out_dir: str) -> dict:
         overrides = [f"train.steps={args.digits_steps}"]
     else:
         overrides = TEXT_SIZE + [f"train.steps={args.text_steps}"]
+    overrides = overrides + VARIANTS.get(family, [])
     model, data, info = _train(PRESETS[kind][family], overrides, os.path.join(out_dir, "runs", f"{kind}-{family}"))
     test = data.test if kind == "digits" else data.test[: args.text_eval]
     t0 = time.perf_counter()
@@ -118,20 +124,20 @@ def _print_kind(kind: str, infos: dict) -> None:
     unit = "bits/token" if kind == "digits" else "bits/char"
     print(f"\n{'binary digits' if kind == 'digits' else 'pydoc text'}: held-out ELBO bound, {unit} "
           f"(unigram baseline {next(iter(infos.values()))['unigram_bits']:.4f})")
-    print(f"{'family':8s} {'preset':22s} {'params':>8s} {'steps':>6s} {'train s':>8s} {unit:>10s}")
+    print(f"{'family':13s} {'preset':22s} {'params':>8s} {'steps':>6s} {'train s':>8s} {unit:>10s}")
     for fam, info in infos.items():
-        print(f"{fam:8s} {info['preset']:22s} {info['parameters']:8d} {info['steps']:6d} {info['train_seconds']:8.0f} "
-              f"{info['bits_per_token']:10.4f}")
+        print(f"{fam:13s} {info['preset']:22s} {info['parameters']:8d} {info['steps']:6d} "
+              f"{info['train_seconds']:8.0f} {info['bits_per_token']:10.4f}")
     metric = "frechet_pixels" if kind == "digits" else "ngram4_bits"
-    print(f"{'family':8s} {'sampler':10s} {'steps':>6s} {'NFE':>5s} {'evals/seq':>9s} {metric:>14s} {'floor':>8s} "
+    print(f"{'family':13s} {'sampler':10s} {'steps':>6s} {'NFE':>5s} {'evals/seq':>9s} {metric:>14s} {'floor':>8s} "
           f"{'sec':>6s}")
     for fam, info in infos.items():
         for r in info["samples"]:
             m = r["metrics"][metric]
-            print(f"{fam:8s} {r['sampler']:10s} {r['steps']:6d} {r['nfe']:5d} {r['evals_per_sample']:9.1f} "
+            print(f"{fam:13s} {r['sampler']:10s} {r['steps']:6d} {r['nfe']:5d} {r['evals_per_sample']:9.1f} "
                   f"{m['value']:14.3f} {m['floor']:8.3f} {r['seconds']:6.1f}")
         for s in info.get("example", []):
-            print(f"  {fam:8s}|" + s.replace("\n", "¶") + "|")
+            print(f"  {fam:13s}|" + s.replace("\n", "¶") + "|")
 
 
 def main() -> None:
@@ -141,7 +147,8 @@ def main() -> None:
     p.add_argument("--text-steps", type=int, default=None, help="training steps on text (default 400)")
     p.add_argument("--text-samples", type=int, default=None, help="text samples per setting (default 128)")
     p.add_argument("--text-eval", type=int, default=256, help="held-out text windows for the bound")
-    p.add_argument("--families", default="masked,uniform", help="comma-separated: masked, uniform")
+    p.add_argument("--families", default="masked,uniform",
+                   help=f"comma-separated: {', '.join(FAMILIES)} (uniform-plain: without the likelihood skip)")
     p.add_argument("--data", default="digits,text", help="comma-separated: digits, text")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=os.path.join(HERE, "results"))
@@ -152,8 +159,8 @@ def main() -> None:
     families = [f for f in args.families.split(",") if f]
     kinds = [k for k in args.data.split(",") if k]
     for f in families:
-        if f not in ("masked", "uniform"):
-            p.error(f"unknown family {f!r}; valid: masked, uniform")
+        if f not in FAMILIES:
+            p.error(f"unknown family {f!r}; valid: {', '.join(FAMILIES)}")
     for k in kinds:
         if k not in PRESETS:
             p.error(f"unknown data {k!r}; valid: {', '.join(PRESETS)}")
