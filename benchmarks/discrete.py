@@ -87,7 +87,7 @@ def _settings(family: str, kind: str, quick: bool) -> list[tuple[str, int]]:
         steps = {"digits": (4, 16, 64) if quick else (2, 4, 8, 16, 64, 256), "text": (32,) if quick else (8, 32, 128)}
         greedy = {"digits": (16,) if quick else (4, 16, 64), "text": () if quick else (32,)}
         return [("ancestral", k) for k in steps[kind]] + [("greedy", k) for k in greedy[kind]]
-    steps = {"digits": (16, 64) if quick else (16, 64, 256, 1000), "text": (64,) if quick else (32, 128, 512)}
+    steps = {"digits": (16, 64) if quick else (16, 64, 256), "text": (64,) if quick else (32, 128)}
     return [("ancestral", k) for k in steps[kind]]
 
 
