@@ -11,11 +11,15 @@ increments of ``log sigma``, the last one the slack down to ``sigma_floor``, ``L
 so every ``z in R^{K-1}`` gives a strictly decreasing grid whose last positive level lies in
 ``(sigma_floor, sigma_max)``.
 
-Optimiser: Nelder–Mead (adaptive coefficients of Gao & Han 2012) on ``z``, restarted from its best point. The
-samplers are not differentiable in the grid (they read it as python floats to compute the step coefficients in
-float64), and with ``K - 1 <= ~10`` parameters and one K-step solve per evaluation, a derivative-free search costs
-a few hundred solves: seconds for a 2-D or 16-D mixture oracle (measured in ``docs/samplers.md``). It is
-deterministic: the calibration noises come from ``seed``, and Nelder–Mead has no randomness.
+Optimiser (``optimizer=``): L-BFGS-B (Byrd et al. 1995) with central finite-difference gradients, the default,
+or Nelder–Mead (adaptive coefficients of Gao & Han 2012). The samplers are not differentiable in the grid (they
+read it as python floats to compute the step coefficients in float64), so the gradient is taken by finite
+differences through the very samplers that sample, ``2 (K - 1)`` K-step solves per gradient. On the mixtures of
+``benchmarks/samplers.py`` both reach the same optimum, L-BFGS in a third of the solves at 5 NFE; searching from
+several start grids (``starts``) found the same optimum there (``docs/samplers.md``). The error of a few-step
+solution on multimodal data is dominated by the rare noises that end near a boundary between modes, so a grid fit
+to few noises overfits: held-out noises (``holdout``) check the fit, and the start grid is kept if the tuned one is
+worse on them. Deterministic: the noises come from ``seed`` and neither search draws random numbers.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from .base import prior_noise
 from .grids import karras_grid, log_snr_grid, polyexponential_grid, uniform_t_grid
 
 __all__ = ["TunedGrid", "tune_grid", "grid_error", "nfe_of", "steps_for_nfe", "grid_from_logits",
-           "logits_from_grid", "nelder_mead"]
+           "logits_from_grid", "nelder_mead", "lbfgs", "OPTIMIZERS", "reference_solve"]
 
 
 @dataclass
@@ -57,6 +61,10 @@ class TunedGrid:
     evaluations: int = 0
     seconds: float = 0.0
     reference_nfe: int = 0
+    optimizer: str = "nelder-mead"
+    holdout: int = 0
+    holdout_error: float | None = None
+    holdout_init_error: float | None = None
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -160,6 +168,52 @@ def nelder_mead(f: Callable[[Tensor], float], x0: Tensor, step: float = 0.5, max
     return pts[i], vals[i], evals
 
 
+def lbfgs(f: Callable[[Tensor], float], x0: Tensor, h: float = 1e-5, max_evals: int = 400,
+          on_eval: Callable[[], None] | None = None) -> tuple[Tensor, float, int]:
+    """Minimise ``f`` from ``x0`` by L-BFGS-B (Byrd, Lu, Nocedal & Zhu 1995; ``scipy.optimize``) with central
+    finite-difference gradients (step ``h``, ``2 n`` evaluations per gradient), inside the box ``[-30, 30]^n``.
+    ``f`` is divided by ``f(x0)`` so that the stopping tests are relative. Deterministic. Returns the best point
+    evaluated, its value and the evaluations (at most about ``max_evals``)."""
+    import numpy as np
+    from scipy.optimize import minimize
+
+    n, evals = x0.numel(), 0
+    best = [x0.clone(), math.inf]
+
+    def F(x: Tensor) -> float:
+        nonlocal evals
+        evals += 1
+        if on_eval is not None:
+            on_eval()
+        v = f(x)
+        v = v if math.isfinite(v) else math.inf
+        if v < best[1]:
+            best[0], best[1] = x.clone(), v
+        return v
+
+    f0 = F(x0)
+    scale = f0 if math.isfinite(f0) and f0 > 0 else 1.0
+    big = 1e6  # an invalid grid (merged levels): a wall for the line search
+
+    def fun(z):
+        zt = torch.from_numpy(np.array(z, dtype=np.float64))
+        v = F(zt) / scale
+        if not math.isfinite(v) or evals + 2 * n > max_evals:
+            return (v if math.isfinite(v) else big), np.zeros(n)
+        g = np.zeros(n)
+        for i in range(n):
+            e = torch.zeros(n, dtype=torch.float64)
+            e[i] = h
+            fp, fm = F(zt + e) / scale, F(zt - e) / scale
+            g[i] = (fp - fm) / (2 * h) if math.isfinite(fp) and math.isfinite(fm) else 0.0
+        return v, g
+
+    minimize(fun, x0.numpy().astype(np.float64), jac=True, method="L-BFGS-B", bounds=[(-30.0, 30.0)] * n,
+             options={"maxiter": max(1, max_evals // (2 * n + 1)), "maxfun": max(1, max_evals // (2 * n + 1)),
+                      "ftol": 1e-10, "gtol": 1e-8})
+    return best[0], best[1], evals
+
+
 # ---- the objective --------------------------------------------------------------------------------------------------
 def grid_error(denoiser: DenoiserFn, x: Tensor, grid: Tensor, sampler: str, reference: Tensor,
                cond: dict | None = None, **options) -> float:
@@ -203,6 +257,45 @@ def _fixed_grids(steps: int, sigma_min: float, sigma_max: float, process) -> dic
     return grids
 
 
+#: the optimisers :func:`tune_grid` takes (``optimizer=``)
+OPTIMIZERS = ("lbfgs", "nelder-mead")
+
+
+def _search(f: Callable[[Tensor], float], z0: Tensor, optimizer: str, budget: int, restarts: int, h: float,
+            on_eval) -> tuple[Tensor, float, int]:
+    """One local search from ``z0``: L-BFGS with finite-difference gradients, or Nelder–Mead restarted
+    ``restarts`` times from its best point. Returns ``(z, f(z), evaluations)``, never worse than ``z0``."""
+    fz = f(z0)
+    z, evals = z0, 1
+    if optimizer == "lbfgs":
+        z_new, f_new, n = lbfgs(f, z0, h=h, max_evals=budget, on_eval=on_eval)
+        evals += n
+        return (z_new, f_new, evals) if f_new < fz else (z, fz, evals)
+    for r in range(1 + restarts):
+        z_new, f_new, n = nelder_mead(f, z, step=0.5 if r == 0 else 0.2, max_evals=budget, on_eval=on_eval)
+        evals += n
+        if f_new < fz:
+            z, fz = z_new, f_new
+    return z, fz, evals
+
+
+def _draw(denoiser, process, shape, n: int, generator, sigma_max: float, dtype, device, cond, rtol: float,
+          floor: float) -> tuple[Tensor, Tensor, int]:
+    """``n`` prior noises and their adaptive reference solutions (to ``floor``, then ``x <- D(x, floor)``)."""
+    draw = process.prior_sample if process is not None else prior_noise
+    x = draw((int(n), *shape), sigma_max, generator=generator, dtype=dtype, device=device)
+    return (x, *reference_solve(denoiser, x, sigma_max, floor, cond, rtol))
+
+
+def _cycle_cond(cond: dict | None, n: int, m: int) -> dict | None:
+    """The conditioning of ``m`` held-out noises: per-sample tensors (``n`` rows) repeated cyclically."""
+    if not cond:
+        return cond
+    idx = torch.arange(m) % max(n, 1)
+    return {k: (v[idx.to(v.device)] if isinstance(v, Tensor) and v.ndim >= 1 and v.shape[0] == n else v)
+            for k, v in cond.items()}
+
+
 def tune_grid(
     denoiser: DenoiserFn,
     sampler: str,
@@ -219,9 +312,12 @@ def tune_grid(
     init: str | Tensor = "best",
     options: dict | None = None,
     cond: dict | None = None,
+    optimizer: str = "lbfgs",
+    starts: int = 1,
+    holdout: int | None = None,
     max_evals: int | None = None,
     restarts: int = 2,
-    rtol: float = 1e-7,
+    rtol: float | None = None,
     dtype: torch.dtype = torch.float64,
     device: torch.device | str = "cpu",
     progress: bool = False,
@@ -238,12 +334,21 @@ def tune_grid(
         sigma_min: the last positive level of the fixed start grids; ``sigma_floor`` (default ``sigma_min / 10``)
             the lowest the tuned grid may reach, and where the reference solve stops (then ``x <- D(x, floor)``).
         samples, seed: ``M`` calibration noises drawn with ``torch.Generator().manual_seed(seed)``; or ``noise``.
-        init: ``"best"`` (the fixed grid with the least error among Karras rho 7 and 3, log-SNR,
+        init: ``"best"`` (the fixed grids with the least error among Karras rho 7 and 3, log-SNR,
             polyexponential rho 2 and the process's uniform-t, ending at 1, 10 and 100 times ``sigma_min``, and
             rectified flow's uniform-t grid with shift 1 and 3; their names are the keys of ``fixed_errors``), one
             of those names, or a grid tensor.
-        max_evals: per Nelder–Mead run (default ``150 + 60 (K - 1)``), ``restarts`` more from its best point.
-        rtol: tolerance (``rtol = atol``) of the adaptive reference.
+        optimizer: ``"lbfgs"`` (L-BFGS-B with finite-difference gradients, :func:`lbfgs`) or ``"nelder-mead"``
+            (:func:`nelder_mead`, ``restarts`` more runs from its best point); see ``docs/samplers.md``.
+        starts: with ``init="best"``, the search runs from the ``starts`` best fixed grids and keeps the grid
+            with the least calibration error.
+        holdout: held-out noises (default ``max(64, samples // 4)``, drawn after the calibration noises; 0: none):
+            if the tuned grid's error on them exceeds the start grid's, the start grid is returned
+            (``holdout_error``, ``holdout_init_error``).
+        max_evals: K-step solves per search (default ``150 + 60 (K - 1)`` for Nelder–Mead, which then restarts
+            ``restarts`` times, and twice that for L-BFGS).
+        rtol: tolerance (``rtol = atol``) of the adaptive reference (default 1e-7 in float64, 1e-5 in lower
+            precision, where a tighter one stalls the adaptive solver on round-off).
 
     Returns:
         a :class:`TunedGrid` (the grid, its error and the start grid's on the calibration noises).
@@ -256,7 +361,7 @@ def tune_grid(
         >>> t.steps, t.error < t.init_error, bool((t.sigmas[1:] < t.sigmas[:-1]).all())
         (3, True, True)
     """
-    from . import STOCHASTIC, resolve_method, solve
+    from . import STOCHASTIC, resolve_method
 
     t0 = time.perf_counter()
     name = resolve_method(sampler)
@@ -265,66 +370,120 @@ def tune_grid(
             or float(options.get("s_churn", 0.0)) > 0:
         raise ValueError(f"tune_grid fits the grid of a deterministic fixed-grid sampler; {name!r} with "
                          f"{options or 'its defaults'} is not one (the reference is the probability-flow ODE)")
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
     steps = steps_for_nfe(name, int(nfe), **options)
-    used_nfe = nfe_of(name, steps, **options)
     sigma_max = float(sigma_max if sigma_max is not None else process.sigma_max)
     sigma_min = float(sigma_min if sigma_min is not None else process.sigma_min)
     floor = float(sigma_floor if sigma_floor is not None else sigma_min / 10)
     if not 0 < floor < sigma_min < sigma_max:
         raise ValueError(f"need 0 < sigma_floor < sigma_min < sigma_max, got {floor}, {sigma_min}, {sigma_max}")
+    gen = torch.Generator().manual_seed(int(seed))
+    if rtol is None:
+        rtol = 1e-7 if (noise.dtype if noise is not None else dtype) == torch.float64 else 1e-5
     if noise is None:
         if shape is None:
             raise ValueError("tune_grid needs shape= (the per-sample data shape) or noise=")
-        gen = torch.Generator().manual_seed(int(seed))
-        draw = process.prior_sample if process is not None else prior_noise
-        noise = draw((int(samples), *shape), sigma_max, generator=gen, dtype=dtype, device=device)
-    x = noise
-    ref = solve(denoiser, x, torch.tensor([sigma_max, floor, 0.0], dtype=torch.float64), "adaptive", cond=cond,
-                rtol=rtol, atol=rtol)
+        n_held = int(max(64, samples // 4) if holdout is None else holdout)
+        x, ref, ref_nfe = _draw(denoiser, process, shape, int(samples), gen, sigma_max, dtype, device, cond, rtol,
+                                floor)
+    else:
+        n_held = 0
+        x, (ref, ref_nfe) = noise, reference_solve(denoiser, noise, sigma_max, floor, cond, rtol)
+    cond_fit, cond_held = cond, _cycle_cond(cond, x.shape[0], n_held)
+    if n_held:  # held-out noises: the next draws of the same generator
+        x_held, ref_held, _ = _draw(denoiser, process, shape, n_held, gen, sigma_max, dtype, device, cond_held,
+                                    rtol, floor)
 
-    def err(grid: Tensor) -> float:
+    def err(grid: Tensor, held: bool = False) -> float:
         try:
-            return grid_error(denoiser, x, grid, name, ref.x, cond=cond, **options)
+            if held:
+                return grid_error(denoiser, x_held, grid, name, ref_held, cond=cond_held, **options)
+            return grid_error(denoiser, x, grid, name, ref, cond=cond_fit, **options)
         except ValueError:  # levels merged in float64 (an increment underflowed): not a grid
             return math.inf
 
     fixed = _fixed_grids(steps, sigma_min, sigma_max, process)
     fixed_errors = {k: err(g) for k, g in fixed.items()}
-    if isinstance(init, str):
-        init_name = min(fixed_errors, key=fixed_errors.get) if init == "best" else init
-        if init_name not in fixed:
-            raise ValueError(f"unknown init grid {init!r}; valid: best, {', '.join(fixed)}")
-        start, init_error = fixed[init_name], fixed_errors[init_name]
-    else:
-        init_name, start = "given", torch.as_tensor(init, dtype=torch.float64)
-        if len(start) != steps + 1:
-            raise ValueError(f"init grid has {len(start) - 1} steps; {name} at {nfe} NFE takes {steps}")
-        init_error = err(start)
-    if steps == 1:
-        best, best_err, evals = start, init_error, 0
-    else:
-        z0 = logits_from_grid(start, floor)
-        budget = int(max_evals or 150 + 60 * (steps - 1))
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
+    inits = _starts(init, fixed, fixed_errors, starts, steps, name, nfe, err)
+    h = 1e-5 if x.dtype == torch.float64 else 3e-3
+    best, best_err, evals, init_name, start, init_error = _fit(inits, err, steps, sigma_max, floor, optimizer,
+                                                              max_evals, restarts, h, progress, name, nfe)
+    held_err = held_init = None
+    if n_held:
+        held_err, held_init = err(best, True), err(start, True)
+        if held_err > held_init:  # the fit did not carry over to fresh noises: keep the start grid
+            best, best_err, held_err = start, init_error, held_init
+    return TunedGrid(sigmas=best, sampler=name, nfe=nfe_of(name, steps, **options), steps=steps, error=best_err,
+                     init_error=init_error, init=init_name, options=options, fixed_errors=fixed_errors,
+                     sigma_floor=floor, samples=int(x.shape[0]), seed=int(seed), evaluations=evals,
+                     seconds=time.perf_counter() - t0, reference_nfe=ref_nfe, optimizer=optimizer,
+                     holdout=n_held, holdout_error=held_err, holdout_init_error=held_init)
 
-            bar = tqdm(total=budget * (1 + restarts), desc=f"tune {name} {used_nfe} NFE", dynamic_ncols=True,
-                       leave=False)
-        f = lambda z: err(grid_from_logits(z, sigma_max, floor)) ** 2  # noqa: E731
-        z, fz, evals = z0, init_error ** 2, 0
-        for r in range(1 + restarts):
-            z_new, f_new, n = nelder_mead(f, z, step=0.5 if r == 0 else 0.2, max_evals=budget,
-                                          on_eval=bar.update if bar is not None else None)
-            evals += n
-            if f_new < fz:
-                z, fz = z_new, f_new
-        if bar is not None:
-            bar.close()
-        best, best_err = grid_from_logits(z, sigma_max, floor), math.sqrt(fz)
-        if best_err >= init_error:  # never worse than the start
-            best, best_err = start, init_error
-    return TunedGrid(sigmas=best, sampler=name, nfe=used_nfe, steps=steps, error=best_err, init_error=init_error,
-                     init=init_name, options=options, fixed_errors=fixed_errors, sigma_floor=floor,
-                     samples=int(x.shape[0]), seed=int(seed), evaluations=evals,
-                     seconds=time.perf_counter() - t0, reference_nfe=ref.nfe)
+
+def reference_solve(denoiser, x: Tensor, sigma_max: float, floor: float, cond, rtol: float) -> tuple[Tensor, int]:
+    """The adaptive solution from ``x`` and its NFE. The adaptive solver evaluates only its still-running samples,
+    so per-sample conditioning (one label per noise) is solved group by group, each group with its label."""
+    from . import solve
+
+    levels = torch.tensor([sigma_max, floor, 0.0], dtype=torch.float64)
+    per = {k: v for k, v in (cond or {}).items()
+           if isinstance(v, Tensor) and v.ndim >= 1 and v.shape[0] == x.shape[0] and x.shape[0] > 1}
+    if not per:
+        ref = solve(denoiser, x, levels, "adaptive", cond=cond, rtol=rtol, atol=rtol)
+        return ref.x, ref.nfe
+    keys = torch.cat([v.reshape(x.shape[0], -1).double().cpu() for v in per.values()], 1)
+    _, group = torch.unique(keys, dim=0, return_inverse=True)
+    out, nfe = torch.empty_like(x), 0
+    for j in range(int(group.max()) + 1):
+        idx = (group == j).nonzero().reshape(-1)
+        rows = [idx[:1]] if all(v.ndim == 1 for v in per.values()) else [i.reshape(1) for i in idx]
+        for r in rows:  # one label for the group (broadcast); other per-sample tensors one noise at a time
+            sub = idx if len(rows) == 1 else r
+            c = {**cond, **{k: (v[r.to(v.device)].reshape(()) if v.ndim == 1 else v[r.to(v.device)])
+                            for k, v in per.items()}}
+            ref = solve(denoiser, x[sub.to(x.device)], levels, "adaptive", cond=c, rtol=rtol, atol=rtol)
+            out[sub.to(x.device)] = ref.x
+            nfe += ref.nfe
+    return out, nfe
+
+
+def _starts(init, fixed: dict, fixed_errors: dict, starts: int, steps: int, name: str, nfe: int, err
+            ) -> list[tuple[str, Tensor, float]]:
+    """The start grids ``(name, grid, error)``, best first."""
+    if not isinstance(init, str):
+        g = torch.as_tensor(init, dtype=torch.float64)
+        if len(g) != steps + 1:
+            raise ValueError(f"init grid has {len(g) - 1} steps; {name} at {nfe} NFE takes {steps}")
+        return [("given", g, err(g))]
+    if init != "best":
+        if init not in fixed:
+            raise ValueError(f"unknown init grid {init!r}; valid: best, {', '.join(fixed)}")
+        return [(init, fixed[init], fixed_errors[init])]
+    order = sorted((k for k in fixed if math.isfinite(fixed_errors[k])), key=fixed_errors.get)
+    return [(k, fixed[k], fixed_errors[k]) for k in order[:max(1, int(starts))]]
+
+
+def _fit(inits, err, steps, sigma_max, floor, optimizer, max_evals, restarts, h, progress, name, nfe):
+    """Search from every start; the grid with the least calibration error, with its start."""
+    init_name, start, init_error = inits[0]
+    best, best_err, evals = start, init_error, 0
+    if steps == 1:
+        return best, best_err, evals, init_name, start, init_error
+    budget = int(max_evals or (150 + 60 * (steps - 1)) * (1 if optimizer == "nelder-mead" else 2))
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        per = budget * (1 + restarts) if optimizer == "nelder-mead" else budget
+        bar = tqdm(total=per * len(inits), desc=f"tune {name} {nfe} NFE", dynamic_ncols=True, leave=False)
+    f = lambda z: err(grid_from_logits(z, sigma_max, floor)) ** 2  # noqa: E731
+    for k, g, e in inits:
+        z, fz, n = _search(f, logits_from_grid(g, floor), optimizer, budget, restarts, h,
+                           bar.update if bar is not None else None)
+        evals += n
+        if math.sqrt(fz) < best_err:
+            best, best_err, init_name, start, init_error = grid_from_logits(z, sigma_max, floor), math.sqrt(fz), k, g, e
+    if bar is not None:
+        bar.close()
+    return best, best_err, evals, init_name, start, init_error
