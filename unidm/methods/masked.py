@@ -12,21 +12,21 @@ The data's symbols are ``0 .. vocab_size - 1``; MASK is the extra id ``vocab_siz
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import torch
 from torch import Tensor, nn
 
-from ..processes.absorbing import MASKING_SCHEDULES, MaskingSchedule, mask_tokens
-from ..utils import as_options, check_choice, check_kwargs, valid_kwargs
-from .base import GenerativeModel, SupportsLikelihood, TrainableModel
-from .masked_sampling import MASKED_SAMPLERS, MaskedSample
+from ..processes.absorbing import mask_tokens
+from .base import GenerativeModel
+from .masked_sampling import MASKED_SAMPLERS
+from .token_base import TokenDiffusion
+from .token_sampling import TokenSample
 
 __all__ = ["MaskedDiffusion", "MASKED_FAMILIES"]
 
 
-class MaskedDiffusion(GenerativeModel, SupportsLikelihood):
+class MaskedDiffusion(TokenDiffusion):
     """Absorbing-state diffusion over sequences of ``vocab_size`` symbols.
 
     Args:
@@ -50,6 +50,10 @@ class MaskedDiffusion(GenerativeModel, SupportsLikelihood):
     default_sampling = {"sampler": "ancestral", "steps": 64, "grid": "uniform-t"}
     sampler_seed_offset = 7_919
     sampler_internal = ("denoise", "x", "alphas", "mask_id", "generator")
+    extra_input_ids = 1  # MASK
+    min_vocab_size = 1
+    schedule_label = "masking schedule"
+    n_t_meaning = "ELBO time draws per sequence"
 
     def __init__(
         self,
@@ -62,15 +66,8 @@ class MaskedDiffusion(GenerativeModel, SupportsLikelihood):
         num_classes: int = 0,
         label_dropout: float = 0.0,
     ):
-        super().__init__(data_shape, num_classes)
-        check_choice(schedule, MASKING_SCHEDULES, "masking schedule")
-        schedule_options = as_options(schedule_options, "method.schedule_options")
-        check_kwargs(MASKING_SCHEDULES[schedule], schedule_options, f"schedule_options for {schedule!r}")
-        self.net = net
+        super().__init__(net, schedule, schedule_options, antithetic, data_shape, num_classes, label_dropout)
         self.vocab_size, self.mask_id = int(vocab_size), int(vocab_size)
-        self.schedule: MaskingSchedule = MASKING_SCHEDULES[schedule](**schedule_options)
-        self.antithetic = antithetic
-        self.label_dropout = float(label_dropout)
 
     def log_probs(self, x_t: Tensor, class_labels: Tensor | None = None) -> Tensor:
         """``log p(x0 | x_t)`` ``[B, L, vocab_size]``: the network's categorical at masked positions, a point mass
@@ -84,11 +81,6 @@ class MaskedDiffusion(GenerativeModel, SupportsLikelihood):
             -1, x_t.clamp_max(self.vocab_size - 1)[..., None], 0.0)
         return torch.where(masked[..., None], logp, observed)
 
-    def _labels(self, batch: dict[str, Tensor], generator) -> Tensor | None:
-        if self.num_classes == 0:
-            return None
-        return self.drop_labels(batch["y"].long(), self.label_dropout, generator)
-
     def _masked_nll(self, x0: Tensor, x_t: Tensor, labels: Tensor | None) -> Tensor:
         """``sum_{i: x_t^i = MASK} -log p(x0^i | x_t)`` per sequence ``[B]``."""
         logp = self.log_probs(x_t, labels)
@@ -100,9 +92,7 @@ class MaskedDiffusion(GenerativeModel, SupportsLikelihood):
         one draw of ``t``, ``x_t ~ q(x_t | x0)``, weight ``-alpha_t' / (1 - alpha_t)``."""
         x0 = batch["x"].long()
         b, length = x0.shape
-        u = torch.rand((1,) if self.antithetic else (b,), generator=generator, device=x0.device, dtype=torch.float64)
-        t = (u + torch.arange(b, device=x0.device) / b) % 1.0 if self.antithetic else u
-        t = t.clamp_min(1e-6)
+        t = self.training_times(b, x0.device, generator).clamp_min(1e-6)
         x_t = mask_tokens(x0, self.schedule.alpha(t), self.mask_id, generator)
         w = self.schedule.weight(t).float()
         return w * self._masked_nll(x0, x_t, self._labels(batch, generator)) / length
@@ -126,34 +116,6 @@ class MaskedDiffusion(GenerativeModel, SupportsLikelihood):
             total += self._masked_nll(x0, x_t, class_labels).double() / m
         return total / n_t
 
-    @torch.no_grad()
-    def bits_per_token(self, x0: Tensor, *, n_t: int = 16, batch_size: int = 256, seed: int = 0) -> float:
-        """The ELBO bound on held-out ``x0 [N, L]`` in bits per token (an upper bound on the NLL)."""
-        g = torch.Generator().manual_seed(seed)
-        with self.evaluating():
-            tot = sum(float(self.nelbo(c.to(self.device), n_t=n_t, generator=g).sum()) for c in x0.split(batch_size))
-        return tot / (x0.numel() * math.log(2))
-
-    def likelihood_methods(self) -> dict[str, str]:
-        return {"elbo": "bound"}
-
-    def likelihood_options(self, method: str) -> list[str]:
-        return ["n_t"]
-
-    def likelihood(self, x: Tensor, *, method: str | None = None, num_levels: int | None = None,
-                   generator: torch.Generator | None = None, class_labels: Tensor | None = None, n_t: int = 16):
-        """The ELBO bound (MD4 eq. 4, :meth:`nelbo`) per sequence, in nats and bits per token (``kind="bound"``)."""
-        from ..likelihood import Likelihood
-
-        self.check_likelihood(method, {})
-        if num_levels is not None:
-            raise ValueError("num_levels does not apply to token data: masked diffusion scores the tokens themselves")
-        if isinstance(n_t, bool) or not isinstance(n_t, int) or n_t < 1:
-            raise ValueError(f"n_t (ELBO time draws per sequence) must be a whole number >= 1, got {n_t!r}")
-        with self.evaluating():
-            nll = self.nelbo(x.long(), n_t=n_t, generator=generator, class_labels=class_labels)
-        return Likelihood(nll=nll, bits_per_dim=nll / (x[0].numel() * math.log(2)), kind="bound", nfe=float(n_t))
-
     def alpha_grid(self, steps: int, grid: str = "uniform-t") -> Tensor:
         """``alpha`` along ``steps`` equal steps of ``t`` from 1 to 0 (``[steps + 1]``); the last is exactly 1."""
         self.check_sampling(None, steps, grid)
@@ -175,7 +137,7 @@ class MaskedDiffusion(GenerativeModel, SupportsLikelihood):
         class_labels: Tensor | None = None,
         prompt: Tensor | None = None,
         **options,
-    ) -> MaskedSample:
+    ) -> TokenSample:
         """``n`` sequences with ``sampler`` (``ancestral`` or ``greedy``) over ``steps`` steps, with statistics.
 
         ``seeds``: one per sample; each sample's draws then depend only on its seed. ``prompt [n, L]``: tokens to
@@ -189,9 +151,7 @@ class MaskedDiffusion(GenerativeModel, SupportsLikelihood):
         if prompt is not None:
             x = torch.as_tensor(prompt, device=device).long().clone()
         gens = self.sample_generators(seeds, generator)
-        labels = None
-        if class_labels is not None:
-            labels = torch.as_tensor(class_labels, device=device).long().expand(n)
+        labels = self.sample_labels(class_labels, n)
 
         def denoise(x_t: Tensor, rows: Tensor) -> Tensor:
             return self.log_probs(x_t, None if labels is None else labels[rows]).exp()
@@ -199,41 +159,6 @@ class MaskedDiffusion(GenerativeModel, SupportsLikelihood):
         with self.evaluating():
             return MASKED_SAMPLERS[plan.sampler](denoise, x, self.alpha_grid(plan.steps, plan.grid), self.mask_id,
                                                  generator=gens, **plan.options)
-
-    @torch.no_grad()
-    def generate(self, n: int, *, seeds: Sequence[int] | None = None, generator: torch.Generator | None = None,
-                 sampler: str | None = None, steps: int | None = None, grid: str | None = None,
-                 **options) -> Tensor:
-        """``n`` token sequences ``[n, L]`` (see :meth:`sample`, which also reports the network evaluations)."""
-        return self.sample(n, seeds=seeds, generator=generator, sampler=sampler, steps=steps, grid=grid,
-                           **options).x
-
-    @classmethod
-    def from_config(cls, model_cfg: dict, method_cfg: dict, data,
-                    frozen: dict[str, TrainableModel] | None = None) -> "MaskedDiffusion":
-        """Build from a run config for a ``kind="tokens"`` dataset: the network gets ``vocab_size + 1`` input ids
-        (MASK included) and, if it takes ``out_size``, ``vocab_size`` outputs."""
-        from ..nn import NETWORKS, build_network
-
-        if data.kind != "tokens" or data.vocab_size < 1:
-            raise ValueError(f"family 'masked' needs token data (kind='tokens'), got {data.name!r} of kind "
-                             f"{data.kind!r}")
-        method = dict(method_cfg)
-        conditional = bool(method.pop("conditional", False))
-        if conditional and data.num_classes == 0:
-            raise ValueError(f"method.conditional=true but dataset {data.name!r} has no labels")
-        check_kwargs(cls, method, "method option for family 'masked'",
-                     exclude=("net", "vocab_size", "num_classes", "data_shape"))
-        model = dict(model_cfg)
-        arch = model.pop("arch", "transformer")
-        check_choice(arch, NETWORKS, "model.arch")
-        if "out_size" in valid_kwargs(NETWORKS[arch]):
-            model.setdefault("out_size", data.vocab_size)
-        derived = {"vocab_size": data.vocab_size + 1, "seq_len": data.shape[0], "dim": data.shape[0],
-                   "num_classes": data.num_classes if conditional else 0}
-        net = build_network(arch, derived, **model)
-        return cls(net, data.vocab_size, data_shape=data.shape, num_classes=data.num_classes if conditional else 0,
-                   **method)
 
 
 MASKED_FAMILIES: dict[str, type[GenerativeModel]] = {"masked": MaskedDiffusion}

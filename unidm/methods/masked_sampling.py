@@ -12,7 +12,8 @@ Both walk from all-MASK (``t = 1``) to data (``t = 0``) by predicting ``x0`` wit
 The denoiser ``p(x0 | x_t)`` of an absorbing process depends on ``x_t`` only, not on ``t`` (the posterior of a
 masked token does not involve the schedule; Ou et al. 2024), so its output is cached per sequence and the network is
 called again only for sequences in which some token changed: with many steps most steps reveal nothing and cost no
-network evaluation (MDLM Sec. 3.5, "caching"). :class:`MaskedSample` reports the count.
+network evaluation (MDLM Sec. 3.5, "caching"). The :class:`~unidm.methods.token_sampling.TokenSample` they return
+reports the count.
 
 Randomness: ``generator`` is one ``torch.Generator`` or a list with one per sequence; with a list each sequence's
 draws come from its own generator only, so a sample does not depend on the batch it was drawn in.
@@ -20,13 +21,13 @@ draws come from its own generator only, so a sample does not depend on the batch
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
 
 from ..processes.absorbing import unmask_probability
+from .token_sampling import TokenSample, categorical, check_alpha_grid, temper
 
 __all__ = ["MaskedSample", "sample_masked_ancestral", "sample_masked_greedy", "MASKED_SAMPLERS"]
 
@@ -34,22 +35,8 @@ __all__ = ["MaskedSample", "sample_masked_ancestral", "sample_masked_greedy", "M
 #: in the batch (to pick their conditioning); unmasked positions of the output are ignored
 Denoise = Callable[[Tensor, Tensor], Tensor]
 
-
-@dataclass
-class MaskedSample:
-    """Result of a masked-diffusion sampler.
-
-    Attributes:
-        x: ``[n, L]`` tokens, no MASK left.
-        nfe: network calls on a batch (a step counts when at least one sequence needed the network).
-        evals_per_sample: mean number of network evaluations per sequence (what caching saves).
-        steps: number of grid steps.
-    """
-
-    x: Tensor
-    nfe: int
-    evals_per_sample: float
-    steps: int
+#: the result of a masked sampler: :class:`unidm.methods.token_sampling.TokenSample` (the name kept for callers)
+MaskedSample = TokenSample
 
 
 def _uniform(shape: tuple[int, ...], generator, device) -> Tensor:
@@ -59,13 +46,6 @@ def _uniform(shape: tuple[int, ...], generator, device) -> Tensor:
             raise ValueError(f"{len(generator)} generators for {shape[0]} sequences")
         return torch.stack([torch.rand(shape[1:], generator=g, dtype=torch.float64) for g in generator]).to(device)
     return torch.rand(shape, generator=generator, dtype=torch.float64).to(device)
-
-
-def _categorical(probs: Tensor, u: Tensor) -> Tensor:
-    """Inverse-CDF draw from ``probs [..., V]`` with uniforms ``u [...]``."""
-    cdf = probs.double().cumsum(-1)
-    cdf = cdf / cdf[..., -1:]
-    return torch.searchsorted(cdf, u[..., None].contiguous()).squeeze(-1).clamp_max(probs.shape[-1] - 1)
 
 
 class _CachedDenoiser:
@@ -92,20 +72,6 @@ class _CachedDenoiser:
         return self.probs
 
 
-def _check_grid(alphas: Tensor) -> None:
-    if alphas.dim() != 1 or len(alphas) < 2:
-        raise ValueError("alphas must be a 1-D grid of at least two values from t = 1 down to t = 0")
-    if bool((alphas[1:] < alphas[:-1]).any()):
-        raise ValueError("alphas must be non-decreasing along the grid (t decreasing)")
-
-
-def _temper(probs: Tensor, temperature: float) -> Tensor:
-    if temperature == 1.0:
-        return probs
-    p = probs.clamp_min(1e-30) ** (1.0 / temperature)
-    return p / p.sum(-1, keepdim=True)
-
-
 def sample_masked_ancestral(
     denoise: Denoise,
     x: Tensor,
@@ -116,7 +82,7 @@ def sample_masked_ancestral(
     temperature: float = 1.0,
     cache: bool = True,
     callback: Callable[[int, Tensor], None] | None = None,
-) -> MaskedSample:
+) -> TokenSample:
     """Ancestral sampling of an absorbing diffusion (MD4 Algorithm 2).
 
     Args:
@@ -128,7 +94,7 @@ def sample_masked_ancestral(
         cache: reuse the network output of sequences in which nothing changed.
         callback: ``callback(k, x)`` after step ``k``.
     """
-    _check_grid(alphas)
+    check_alpha_grid(alphas)
     alphas = alphas.double()
     x = x.clone()
     n, length = x.shape
@@ -139,15 +105,15 @@ def sample_masked_ancestral(
         if not bool(masked.any()):
             break
         den.stale = stale
-        probs = _temper(den(x, cache), temperature)
+        probs = temper(den(x, cache), temperature)
         p_reveal = unmask_probability(alphas[k + 1], alphas[k])
         u = _uniform((n, 2, length), generator, x.device)
         reveal = masked & (u[:, 0] < p_reveal)
-        x = torch.where(reveal, _categorical(probs, u[:, 1]), x)
+        x = torch.where(reveal, categorical(probs, u[:, 1]), x)
         stale = reveal.any(-1) & (x == mask_id).any(-1)
         if callback is not None:
             callback(k, x)
-    return MaskedSample(x, den.nfe, den.row_evals / max(n, 1), len(alphas) - 1)
+    return TokenSample(x, den.nfe, den.row_evals / max(n, 1), len(alphas) - 1)
 
 
 def sample_masked_greedy(
@@ -161,7 +127,7 @@ def sample_masked_greedy(
     randomness: float = 0.0,
     cache: bool = True,
     callback: Callable[[int, Tensor], None] | None = None,
-) -> MaskedSample:
+) -> TokenSample:
     """Confidence-ordered decoding (MaskGIT, Chang et al. 2022, Sec. 3.2 and eq. 1).
 
     At the step from ``t`` to ``s`` the number of masked tokens is brought down to ``floor(L (1 - alpha_s))``
@@ -170,7 +136,7 @@ def sample_masked_greedy(
     ``randomness * (1 - progress)`` times Gumbel noise to the log-confidences (MaskGIT's annealed choice
     temperature).
     """
-    _check_grid(alphas)
+    check_alpha_grid(alphas)
     alphas = alphas.double()
     x = x.clone()
     n, length = x.shape
@@ -187,7 +153,7 @@ def sample_masked_greedy(
         if temperature == 0:
             value = probs.argmax(-1)
         else:
-            value = _categorical(_temper(probs, temperature), u[:, 0])
+            value = categorical(temper(probs, temperature), u[:, 0])
         conf = probs.gather(-1, value[..., None]).squeeze(-1).double().clamp_min(1e-30).log()
         if randomness > 0:
             gumbel = -torch.log(-torch.log(u[:, 1].clamp(1e-12, 1 - 1e-12)))
@@ -201,11 +167,11 @@ def sample_masked_greedy(
         stale = reveal.any(-1) & (x == mask_id).any(-1)
         if callback is not None:
             callback(k, x)
-    return MaskedSample(x, den.nfe, den.row_evals / max(n, 1), steps)
+    return TokenSample(x, den.nfe, den.row_evals / max(n, 1), steps)
 
 
-#: sampler name -> function ``(denoise, x, alphas, mask_id, *, generator, **options) -> MaskedSample``
-MASKED_SAMPLERS: dict[str, Callable[..., MaskedSample]] = {
+#: sampler name -> function ``(denoise, x, alphas, mask_id, *, generator, **options) -> TokenSample``
+MASKED_SAMPLERS: dict[str, Callable[..., TokenSample]] = {
     "ancestral": sample_masked_ancestral,
     "greedy": sample_masked_greedy,
 }

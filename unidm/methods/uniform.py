@@ -27,19 +27,17 @@ Loss: the negative ELBO (D3PM eq. 1 and 5; Sohl-Dickstein et al. 2015)
 
 from __future__ import annotations
 
-import math
 from typing import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from ..processes.absorbing import MASKING_SCHEDULES, MaskingSchedule
 from ..processes.uniform import (categorical_kl, posterior_probs, prior_kl, replace_tokens, reverse_probs,
                                 uniform_marginal)
 from ..rng import Generators, rand
-from ..utils import as_options, check_choice, check_kwargs, valid_kwargs
-from .base import GenerativeModel, SupportsLikelihood, TrainableModel
-from .masked_sampling import MaskedSample, _categorical, _check_grid, _temper
+from .base import GenerativeModel
+from .token_base import TokenDiffusion
+from .token_sampling import TokenSample, categorical, check_alpha_grid, temper
 
 __all__ = ["UniformDiffusion", "sample_uniform_ancestral", "UNIFORM_SAMPLERS", "UNIFORM_FAMILIES"]
 
@@ -56,7 +54,7 @@ def sample_uniform_ancestral(
     generator: Generators = None,
     temperature: float = 1.0,
     callback: Callable[[int, Tensor], None] | None = None,
-) -> MaskedSample:
+) -> TokenSample:
     """Ancestral sampling of a uniform-replacement diffusion (D3PM Sec. 3.3; Hoogeboom et al. 2021, Sec. 4).
 
     Args:
@@ -77,26 +75,26 @@ def sample_uniform_ancestral(
         >>> out.x.tolist(), out.nfe
         ([[1, 1], [1, 1], [1, 1], [1, 1]], 2)
     """
-    _check_grid(alphas)
+    check_alpha_grid(alphas)
     if times.shape != alphas.shape:
         raise ValueError(f"times {tuple(times.shape)} and alphas {tuple(alphas.shape)} must match")
     alphas = alphas.double()
     n, length = x.shape
     steps = len(alphas) - 1
     for k in range(steps):
-        p_x0 = _temper(denoise(x, float(times[k])), temperature)
+        p_x0 = temper(denoise(x, float(times[k])), temperature)
         probs = reverse_probs(x, p_x0, alphas[k + 1], alphas[k])
-        x = _categorical(probs, rand((n, length), generator, dtype=torch.float64, device=x.device))
+        x = categorical(probs, rand((n, length), generator, dtype=torch.float64, device=x.device))
         if callback is not None:
             callback(k, x)
-    return MaskedSample(x, steps, float(steps), steps)
+    return TokenSample(x, steps, float(steps), steps)
 
 
-#: sampler name -> function ``(denoise, x, times, alphas, *, generator, **options) -> MaskedSample``
-UNIFORM_SAMPLERS: dict[str, Callable[..., MaskedSample]] = {"ancestral": sample_uniform_ancestral}
+#: sampler name -> function ``(denoise, x, times, alphas, *, generator, **options) -> TokenSample``
+UNIFORM_SAMPLERS: dict[str, Callable[..., TokenSample]] = {"ancestral": sample_uniform_ancestral}
 
 
-class UniformDiffusion(GenerativeModel, SupportsLikelihood):
+class UniformDiffusion(TokenDiffusion):
     """Uniform-replacement diffusion over sequences of ``vocab_size`` symbols, in ``num_steps`` discrete steps.
 
     Args:
@@ -129,6 +127,10 @@ class UniformDiffusion(GenerativeModel, SupportsLikelihood):
     default_sampling = {"sampler": "ancestral", "steps": 256, "grid": "uniform-t"}
     sampler_seed_offset = 15_485_863
     sampler_internal = ("denoise", "x", "times", "alphas", "generator")
+    extra_input_ids = 0  # the network reads and predicts the data's symbols only
+    min_vocab_size = 2
+    schedule_label = "schedule"
+    n_t_meaning = "ELBO steps drawn per sequence"
 
     def __init__(
         self,
@@ -144,10 +146,7 @@ class UniformDiffusion(GenerativeModel, SupportsLikelihood):
         num_classes: int = 0,
         label_dropout: float = 0.0,
     ):
-        super().__init__(data_shape, num_classes)
-        check_choice(schedule, MASKING_SCHEDULES, "schedule")
-        schedule_options = as_options(schedule_options, "method.schedule_options")
-        check_kwargs(MASKING_SCHEDULES[schedule], schedule_options, f"schedule_options for {schedule!r}")
+        super().__init__(net, schedule, schedule_options, antithetic, data_shape, num_classes, label_dropout)
         if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 2:
             raise ValueError(f"uniform diffusion needs a vocabulary of at least 2 symbols, got {vocab_size!r}")
         if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
@@ -155,12 +154,8 @@ class UniformDiffusion(GenerativeModel, SupportsLikelihood):
                              f"{num_steps!r}")
         if isinstance(aux_weight, bool) or not isinstance(aux_weight, (int, float)) or not aux_weight >= 0:
             raise ValueError(f"method.aux_weight (D3PM's lambda) must be a number >= 0, got {aux_weight!r}")
-        self.net = net
         self.vocab_size, self.num_steps, self.aux_weight = vocab_size, num_steps, float(aux_weight)
-        self.schedule: MaskingSchedule = MASKING_SCHEDULES[schedule](**schedule_options)
         self.likelihood_skip = bool(likelihood_skip)
-        self.antithetic = antithetic
-        self.label_dropout = float(label_dropout)
 
     # --- the process on the model's clock ------------------------------------------------------------------------
     def alpha(self, t: Tensor) -> Tensor:
@@ -183,6 +178,10 @@ class UniformDiffusion(GenerativeModel, SupportsLikelihood):
                              f"match the run's vocabulary?")
         return x
 
+    def elbo_tokens(self, x: Tensor) -> Tensor:
+        """``x`` checked (:meth:`check_tokens`) and on the model's device."""
+        return self.check_tokens(x).to(self.device)
+
     def log_probs(self, x_t: Tensor, t: Tensor, class_labels: Tensor | None = None) -> Tensor:
         """``log p(x0 | x_t)`` ``[B, L, vocab_size]`` (float64) at times ``t [B]``.
 
@@ -200,11 +199,6 @@ class UniformDiffusion(GenerativeModel, SupportsLikelihood):
         if self.likelihood_skip:
             logits = logits + uniform_marginal(x_t, self.alpha(t).to(x_t.device), self.vocab_size).log()
         return torch.log_softmax(logits, dim=-1)
-
-    def _labels(self, batch: dict[str, Tensor], generator) -> Tensor | None:
-        if self.num_classes == 0:
-            return None
-        return self.drop_labels(batch["y"].long(), self.label_dropout, generator)
 
     def step_kl(self, x0: Tensor, x_t: Tensor, k: Tensor, class_labels: Tensor | None = None,
                 log_p: Tensor | None = None) -> Tensor:
@@ -227,8 +221,7 @@ class UniformDiffusion(GenerativeModel, SupportsLikelihood):
         ``1 .. T``, ``x_k ~ q(x_k | x0)``; without ``lambda`` an unbiased estimate of the negative ELBO."""
         x0 = batch["x"].long()
         b, length = x0.shape
-        u = torch.rand((1,) if self.antithetic else (b,), generator=generator, device=x0.device, dtype=torch.float64)
-        u = (u + torch.arange(b, device=x0.device) / b) % 1.0 if self.antithetic else u
+        u = self.training_times(b, x0.device, generator)
         k = (u * self.num_steps).long().clamp(0, self.num_steps - 1) + 1
         x_t = replace_tokens(x0, self.alpha(k.double() / self.num_steps).to(x0.device), self.vocab_size, generator)
         log_p = self.log_probs(x_t, k.double() / self.num_steps, self._labels(batch, generator))
@@ -254,36 +247,6 @@ class UniformDiffusion(GenerativeModel, SupportsLikelihood):
             total += self.step_kl(x0, x_t, k, class_labels)
         return self.prior_term(x0) + self.num_steps * total / n_t
 
-    @torch.no_grad()
-    def bits_per_token(self, x0: Tensor, *, n_t: int = 16, batch_size: int = 256, seed: int = 0) -> float:
-        """The ELBO bound on held-out ``x0 [N, L]`` in bits per token (an upper bound on the NLL)."""
-        x0 = self.check_tokens(x0)
-        g = torch.Generator().manual_seed(seed)
-        with self.evaluating():
-            tot = sum(float(self.nelbo(c.to(self.device), n_t=n_t, generator=g).sum()) for c in x0.split(batch_size))
-        return tot / (x0.numel() * math.log(2))
-
-    def likelihood_methods(self) -> dict[str, str]:
-        return {"elbo": "bound"}
-
-    def likelihood_options(self, method: str) -> list[str]:
-        return ["n_t"]
-
-    def likelihood(self, x: Tensor, *, method: str | None = None, num_levels: int | None = None,
-                   generator: torch.Generator | None = None, class_labels: Tensor | None = None, n_t: int = 16):
-        """The ELBO bound (:meth:`nelbo`) per sequence, in nats and bits per token (``kind="bound"``)."""
-        from ..likelihood import Likelihood
-
-        self.check_likelihood(method, {})
-        if num_levels is not None:
-            raise ValueError("num_levels does not apply to token data: uniform diffusion scores the tokens themselves")
-        if isinstance(n_t, bool) or not isinstance(n_t, int) or n_t < 1:
-            raise ValueError(f"n_t (ELBO steps drawn per sequence) must be a whole number >= 1, got {n_t!r}")
-        x = self.check_tokens(x).to(self.device)
-        with self.evaluating():
-            nll = self.nelbo(x, n_t=n_t, generator=generator, class_labels=class_labels)
-        return Likelihood(nll=nll, bits_per_dim=nll / (x[0].numel() * math.log(2)), kind="bound", nfe=float(n_t))
-
     # --- sampling ----------------------------------------------------------------------------------------------
     def time_grid(self, steps: int, grid: str = "uniform-t") -> tuple[Tensor, Tensor]:
         """``steps`` equal steps of ``t`` from 1 to 0: the times and their ``alpha`` (``[steps + 1]`` each)."""
@@ -294,7 +257,7 @@ class UniformDiffusion(GenerativeModel, SupportsLikelihood):
     @torch.no_grad()
     def sample(self, n: int, *, seeds: Sequence[int] | None = None, generator: torch.Generator | None = None,
                sampler: str | None = None, steps: int | None = None, grid: str | None = None,
-               class_labels: Tensor | None = None, **options) -> MaskedSample:
+               class_labels: Tensor | None = None, **options) -> TokenSample:
         """``n`` sequences from the prior ``Cat(1/K)`` walked back over ``steps`` steps, with statistics.
 
         ``seeds``: one per sample; each sample's draws (prior and steps) then depend only on its seed.
@@ -305,9 +268,7 @@ class UniformDiffusion(GenerativeModel, SupportsLikelihood):
         gens = self.sample_generators(seeds, generator)
         u = rand((n, self.data_shape[0]), gens, dtype=torch.float64, device=device)
         x = (u * self.vocab_size).long().clamp_max(self.vocab_size - 1)
-        labels = None
-        if class_labels is not None:
-            labels = torch.as_tensor(class_labels, device=device).long().expand(n)
+        labels = self.sample_labels(class_labels, n)
 
         def denoise(x_t: Tensor, t: float) -> Tensor:
             return self.log_probs(x_t, torch.full((len(x_t),), t, device=device), labels).exp()
@@ -315,41 +276,6 @@ class UniformDiffusion(GenerativeModel, SupportsLikelihood):
         times, alphas = self.time_grid(plan.steps, plan.grid)
         with self.evaluating():
             return UNIFORM_SAMPLERS[plan.sampler](denoise, x, times, alphas, generator=gens, **plan.options)
-
-    @torch.no_grad()
-    def generate(self, n: int, *, seeds: Sequence[int] | None = None, generator: torch.Generator | None = None,
-                 sampler: str | None = None, steps: int | None = None, grid: str | None = None,
-                 **options) -> Tensor:
-        """``n`` token sequences ``[n, L]`` (see :meth:`sample`)."""
-        return self.sample(n, seeds=seeds, generator=generator, sampler=sampler, steps=steps, grid=grid,
-                           **options).x
-
-    @classmethod
-    def from_config(cls, model_cfg: dict, method_cfg: dict, data,
-                    frozen: dict[str, TrainableModel] | None = None) -> "UniformDiffusion":
-        """Build from a run config for a ``kind="tokens"`` dataset: the network takes and predicts the data's
-        ``vocab_size`` symbols (there is no extra id)."""
-        from ..nn import NETWORKS, build_network
-
-        if data.kind != "tokens" or data.vocab_size < 2:
-            raise ValueError(f"family 'uniform' needs token data (kind='tokens') of at least 2 symbols, got "
-                             f"{data.name!r} of kind {data.kind!r}")
-        method = dict(method_cfg)
-        conditional = bool(method.pop("conditional", False))
-        if conditional and data.num_classes == 0:
-            raise ValueError(f"method.conditional=true but dataset {data.name!r} has no labels")
-        check_kwargs(cls, method, "method option for family 'uniform'",
-                     exclude=("net", "vocab_size", "num_classes", "data_shape"))
-        model = dict(model_cfg)
-        arch = model.pop("arch", "transformer")
-        check_choice(arch, NETWORKS, "model.arch")
-        if "out_size" in valid_kwargs(NETWORKS[arch]):
-            model.setdefault("out_size", data.vocab_size)
-        derived = {"vocab_size": data.vocab_size, "seq_len": data.shape[0], "dim": data.shape[0],
-                   "num_classes": data.num_classes if conditional else 0}
-        net = build_network(arch, derived, **model)
-        return cls(net, data.vocab_size, data_shape=data.shape, num_classes=data.num_classes if conditional else 0,
-                   **method)
 
 
 UNIFORM_FAMILIES: dict[str, type[GenerativeModel]] = {"uniform": UniformDiffusion}
