@@ -4,10 +4,10 @@ array, through the family's declared likelihood (:class:`unidm.methods.SupportsL
 
 A Gaussian diffusion / flow model goes through the probability-flow ODE (``ode``, :func:`unidm.likelihood.
 log_likelihood`) and, on the ``vp-discrete`` process, DDPM's ELBO (``elbo``, :func:`unidm.likelihood.elbo`); masked
-diffusion through its ELBO in bits per token; an exact-likelihood family (:class:`unidm.methods.DensityModel`)
-through its ``log_prob``. For quantized data (``data.meta["levels"]``, or ``--levels K``) every number is bits/dim
-of the *discrete* data, through the same uniform dequantization. A family without a likelihood (blur diffusion, a
-noisy classifier) is refused with one line.
+and uniform-replacement diffusion through their ELBO in bits per token; an exact-likelihood family
+(:class:`unidm.methods.DensityModel`) through its ``log_prob``. For quantized data (``data.meta["levels"]``, or
+``--levels K``) every number is bits/dim of the *discrete* data, through the same uniform dequantization. A family
+without a likelihood (blur diffusion, a noisy classifier) is refused with one line.
 
 The ELBO flags ``--steps``, ``--variance`` and ``--trajectory`` (the K-step bound of
 :func:`unidm.likelihood.kstep_elbo`, Analytic-DPM's variance, the ELBO-optimal ``dp`` trajectory) go to the family's
@@ -45,7 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser, positive_int, device) -> None
     parser.add_argument("--out", metavar="FILE.npz", help="also write per-example log_likelihood (nats), "
                                                           "bits_per_dim and kind here")
     parser.add_argument("--method", help="likelihood method of the run's family (default: its first: ode for "
-                                         "Gaussian models, elbo for masked diffusion, exact for density models)")
+                                         "Gaussian models, elbo for masked and uniform diffusion, exact for "
+                                         "density models)")
     div = parser.add_mutually_exclusive_group()
     div.add_argument("--exact", action="store_true", help="ODE: exact divergence through autograd (the default)")
     div.add_argument("--hutchinson", type=positive_int, metavar="K", help="ODE: Hutchinson's estimator, K probes")
@@ -58,7 +59,8 @@ def add_arguments(parser: argparse.ArgumentParser, positive_int, device) -> None
     parser.add_argument("--atol", type=float, help="ODE: absolute tolerance (default 1e-5)")
     parser.add_argument("--sigma-min", type=float, help="ODE: data end (default: the process's sigma_min)")
     parser.add_argument("--sigma-max", type=float, help="ODE: prior end (default: the process's sigma_max)")
-    parser.add_argument("--n-t", type=positive_int, help="masked ELBO: time draws per sequence (default 16)")
+    parser.add_argument("--n-t", type=positive_int, help="token ELBO (masked, uniform diffusion): time "
+                                                             "draws per sequence (default 16)")
     parser.add_argument("--levels", type=positive_int, help="quantization levels of the data (default: the "
                                                              "dataset's, if quantized)")
     parser.add_argument("--elbo", action="store_true", help="also report the ELBO (families that have one)")
@@ -285,7 +287,8 @@ def run(args: argparse.Namespace) -> int:
     model = loaded.model
     if not isinstance(model, SupportsLikelihood):
         raise ValueError(f"{args.run} is a {loaded.config.family!r} run, and that family has no likelihood "
-                         "(families with one: Gaussian diffusion/flow, masked diffusion, density models)")
+                         "(families with one: Gaussian diffusion/flow, masked and uniform diffusion, density "
+                         "models, the VAE)")
     x, source = _examples(loaded, args)
     method, options, elbo_options, methods, gamma_info = _methods(model, args, loaded)
     levels = args.levels if args.levels is not None else loaded.data.meta.get("levels")
