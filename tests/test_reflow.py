@@ -226,3 +226,13 @@ def test_student_starts_as_its_teacher_and_its_feature_loss_adds_the_feature_dis
     with pytest.raises(ValueError, match="Tweedie"):
         plain.check_sampling("ddpm")
     assert plain.likelihood_methods() == {}
+
+
+@pytest.mark.parametrize("bad", [["--solver", "bogus"], ["--rtol", "0"], ["train.steps=0"], ["method.bogus=1"],
+                                 ["model.hidden=0"]])
+def test_bad_input_is_refused_before_anything_is_written(parent, tmp_path, capsys, bad):
+    out = str(tmp_path / "new")
+    for cmd in ("reflow", "distill"):
+        assert main([cmd, parent, "--out", out, "--pairs", "8", *bad]) == 2
+        assert len(capsys.readouterr().err.strip().splitlines()) == 1
+        assert not os.path.exists(out)

@@ -174,6 +174,26 @@ def _train_child(cfg, out: str, parent, init_from_parent: bool, feature_weight: 
     return 0
 
 
+def _check_values(args, cfg, parent, feature_weight: float) -> None:
+    """The flags, the new run's config, and that it builds a model (on the parent's data, before the pairs exist)."""
+    import math
+
+    from ..config import RunConfig, validate_config
+    from ..pairs import SOLVERS
+    from ..run import build_model
+
+    if args.solver not in SOLVERS:
+        raise ValueError(f"unknown --solver {args.solver!r}; valid: {', '.join(SOLVERS)}")
+    for flag, value in (("--rtol", args.rtol), ("--atol", args.atol)):
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{flag} must be a finite number > 0, got {value!r}")
+    if not (math.isfinite(feature_weight) and feature_weight >= 0):
+        raise ValueError(f"--feature-weight must be a finite number >= 0, got {feature_weight!r}")
+    validate_config(cfg)
+    probe = RunConfig.from_dict({**cfg.to_dict(), "data": cfg.data["base"]})
+    build_model(probe, parent.data)  # unknown or bad model / method keys are refused here
+
+
 def _run(args, family: str | None, suffix: str, solver_steps: int | None, method: dict | None = None,
          sample: dict | None = None, init_from_parent: bool = True, feature_weight: float = 0.0) -> int:
     from ..pairs import check_parent, weights_digest
@@ -192,6 +212,7 @@ def _run(args, family: str | None, suffix: str, solver_steps: int | None, method
                         suffix)
     if args.device:
         cfg.train.device = args.device
+    _check_values(args, cfg, parent, feature_weight)  # every value, before anything is written
     dist = DistInfo.from_env(cfg.train.device)
     t0 = time.perf_counter()
     info = _draw_pairs(args, parent, args.out, dist, solver_steps)

@@ -122,7 +122,14 @@ class DistilledFlow(GaussianDiffusion):
         method = dict(method_cfg)
         own = {k: method.pop(k) for k in ("steps", "feature_weight", "teacher_sampler", "teacher_steps")
                if k in method}
-        model = super().from_config(model_cfg, method, data).configure(**own)
+        try:
+            model = super().from_config(model_cfg, method, data).configure(**own)
+        except ValueError as e:  # name this family and its own keys in the gaussian family's unknown-key message
+            text = str(e)
+            if text.startswith("unknown method option for family 'gaussian'"):
+                text = text.replace("family 'gaussian'", "family 'distill'") + (
+                    ", steps, feature_weight, teacher_sampler, teacher_steps, teacher")
+            raise ValueError(text) from None
         teacher = (frozen or {}).get("teacher")
         if not isinstance(teacher, GaussianDiffusion) or isinstance(teacher, DistilledFlow):
             raise ValueError("family 'distill' needs method.teacher, the folder of a trained diffusion or flow run")
