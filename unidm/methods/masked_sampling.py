@@ -72,6 +72,32 @@ class _CachedDenoiser:
         return self.probs
 
 
+#: ``step(k, x, masked, probs) -> (reveal [n, L] bool, value [n, L])``: one step of a masked sampler
+Step = Callable[[int, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
+
+
+def _reveal_walk(denoise: Denoise, x: Tensor, alphas: Tensor, mask_id: int, step: Step, cache: bool,
+                 callback: Callable[[int, Tensor], None] | None) -> TokenSample:
+    """The walk both masked samplers share: at step ``k`` the (cached) ``p(x0 | x_t)`` of every row goes to
+    ``step``, which says which masked positions to reveal and with what value; stops once nothing is masked."""
+    x = x.clone()
+    n = x.shape[0]
+    den = _CachedDenoiser(denoise, n)
+    stale = torch.ones(n, dtype=torch.bool, device=x.device)
+    steps = len(alphas) - 1
+    for k in range(steps):
+        masked = x == mask_id
+        if not bool(masked.any()):
+            break
+        den.stale = stale
+        reveal, value = step(k, x, masked, den(x, cache))
+        x = torch.where(reveal, value, x)
+        stale = reveal.any(-1) & (x == mask_id).any(-1)
+        if callback is not None:
+            callback(k, x)
+    return TokenSample(x, den.nfe, den.row_evals / max(n, 1), steps)
+
+
 def sample_masked_ancestral(
     denoise: Denoise,
     x: Tensor,
@@ -93,27 +119,25 @@ def sample_masked_ancestral(
         temperature: divides the log-probabilities of the categorical (1: the model's own).
         cache: reuse the network output of sequences in which nothing changed.
         callback: ``callback(k, x)`` after step ``k``.
+
+    Example:
+        >>> probs = torch.tensor([[[0.0, 1.0]]])  # p(x0 | x_t): always token 1
+        >>> out = sample_masked_ancestral(lambda x, rows: probs.expand(len(x), 3, 2), torch.full((2, 3), 2),
+        ...                               torch.tensor([0.0, 0.5, 1.0]), 2, generator=torch.Generator().manual_seed(0))
+        >>> out.x.tolist()
+        [[1, 1, 1], [1, 1, 1]]
     """
     check_alpha_grid(alphas)
     alphas = alphas.double()
-    x = x.clone()
     n, length = x.shape
-    den = _CachedDenoiser(denoise, n)
-    stale = torch.ones(n, dtype=torch.bool, device=x.device)
-    for k in range(len(alphas) - 1):
-        masked = x == mask_id
-        if not bool(masked.any()):
-            break
-        den.stale = stale
-        probs = temper(den(x, cache), temperature)
+
+    def step(k: int, x: Tensor, masked: Tensor, probs: Tensor) -> tuple[Tensor, Tensor]:
+        probs = temper(probs, temperature)
         p_reveal = unmask_probability(alphas[k + 1], alphas[k])
         u = _uniform((n, 2, length), generator, x.device)
-        reveal = masked & (u[:, 0] < p_reveal)
-        x = torch.where(reveal, categorical(probs, u[:, 1]), x)
-        stale = reveal.any(-1) & (x == mask_id).any(-1)
-        if callback is not None:
-            callback(k, x)
-    return TokenSample(x, den.nfe, den.row_evals / max(n, 1), len(alphas) - 1)
+        return masked & (u[:, 0] < p_reveal), categorical(probs, u[:, 1])
+
+    return _reveal_walk(denoise, x, alphas, mask_id, step, cache, callback)
 
 
 def sample_masked_greedy(
@@ -138,17 +162,10 @@ def sample_masked_greedy(
     """
     check_alpha_grid(alphas)
     alphas = alphas.double()
-    x = x.clone()
     n, length = x.shape
-    den = _CachedDenoiser(denoise, n)
-    stale = torch.ones(n, dtype=torch.bool, device=x.device)
     steps = len(alphas) - 1
-    for k in range(steps):
-        masked = x == mask_id
-        if not bool(masked.any()):
-            break
-        den.stale = stale
-        probs = den(x, cache)
+
+    def step(k: int, x: Tensor, masked: Tensor, probs: Tensor) -> tuple[Tensor, Tensor]:
         u = _uniform((n, 2, length), generator, x.device)
         if temperature == 0:
             value = probs.argmax(-1)
@@ -162,13 +179,9 @@ def sample_masked_greedy(
         target = int(torch.floor(length * (1 - alphas[k + 1]) + 1e-9)) if k < steps - 1 else 0
         n_reveal = (masked.sum(-1) - target).clamp_min(0)
         rank = conf.argsort(-1, descending=True).argsort(-1)
-        reveal = masked & (rank < n_reveal[:, None])
-        x = torch.where(reveal, value, x)
-        stale = reveal.any(-1) & (x == mask_id).any(-1)
-        if callback is not None:
-            callback(k, x)
-    return TokenSample(x, den.nfe, den.row_evals / max(n, 1), steps)
+        return masked & (rank < n_reveal[:, None]), value
 
+    return _reveal_walk(denoise, x, alphas, mask_id, step, cache, callback)
 
 #: sampler name -> function ``(denoise, x, alphas, mask_id, *, generator, **options) -> TokenSample``
 MASKED_SAMPLERS: dict[str, Callable[..., TokenSample]] = {
