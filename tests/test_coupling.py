@@ -168,6 +168,12 @@ def test_coupled_runs_refuse_tweedie_tools(kw):
         model.check_sampling(sampler, 4, None, {})
     assert model.generate(3, seeds=[0, 1, 2], sampler="heun", steps=3).shape == (3, 2)
     assert model.likelihood(torch.randn(3, 2), rtol=1e-3, atol=1e-3).kind == "ode"
+    from types import SimpleNamespace
+
+    from unidm.commands.guidance import guided_denoiser_for
+
+    with pytest.raises(ValueError, match="Tweedie"):  # classifier guidance adds sigma^2 grad log p(y | x)
+        guided_denoiser_for(SimpleNamespace(model=model, path="RUN"), "classifier", 2.0, classifier_dir="CLF")
     # DDPM's ELBO is a Tweedie tool too
     vp = _model(process="vp-discrete", **kw)
     assert list(vp.likelihood_methods()) == ["ode"]

@@ -111,6 +111,10 @@ def guided_denoiser_for(run, guidance: str, scale: float, classifier_dir: str | 
             raise ValueError("--guidance classifier needs --classifier DIR (a run trained with family=classifier)")
         if rescale:
             raise ValueError("--rescale applies to classifier-free guidance only")
+        note = getattr(model.process, "kernel_note", None)  # a run trained with a coupling (GaussianDiffusion)
+        if note:
+            raise ValueError(f"--guidance classifier adds sigma^2 grad log p(y | x) to D (Tweedie's formula), but the "
+                             f"process of {run.path} {note}")
         clf_run = load_classifier(classifier_dir, device=model.device)
         clf = clf_run.model
         if clf.data_shape != model.data_shape:

@@ -82,6 +82,9 @@ class GaussianDiffusion(DenoisingModel, SupportsLikelihood):
         check_positive(sigma_data, "method.sigma_data")
         check_choice(coupling, COUPLINGS, "method.coupling")
         check_positive(coupling_reg, "method.coupling_reg")
+        if fixed_pairs and coupling != "independent":
+            raise ValueError(f"method.coupling={coupling!r} does not combine with fixed pairs (the stored pairs are "
+                             "already a coupling); use method.coupling=independent")
         check_choice(process, PROCESSES, "process")
         check_choice(parameterization, PARAMETERIZATIONS, "parameterization")
         check_choice(noise_levels, NOISE_LEVELS, "noise_levels")
@@ -129,7 +132,7 @@ class GaussianDiffusion(DenoisingModel, SupportsLikelihood):
         if (noise is not None) != self.fixed_pairs:
             raise ValueError("the batch carries fixed pairs ('noise') but the model was built with fixed_pairs=false"
                              if noise is not None else
-                             "method.fixed_pairs=true but the batch carries no 'noise' (the dataset's noise extra)")
+                             "method.fixed_pairs=true but the batch carries no 'noise' (a dataset of stored pairs has it)")
         labels = batch.get("y")
         if self.coupling.endswith("-class") and labels is None:
             raise ValueError(f"method.coupling={self.coupling!r} couples within a class, but the batch has no "
@@ -262,7 +265,7 @@ class GaussianDiffusion(DenoisingModel, SupportsLikelihood):
             raise ValueError(f"method.conditional=true but dataset {data.name!r} has no labels")
         if method.get("sigma_data", "auto") == "auto":
             method["sigma_data"] = round(data.std, 4)
-        if "noise" in getattr(data, "extras", {}):
+        if "noise" in data.train_tensors():  # a stored coupling (z, x1): the batches carry the noise
             method.setdefault("fixed_pairs", True)
         coupling = method.get("coupling", "independent")
         if isinstance(coupling, str) and coupling.endswith("-class") and data.num_classes == 0:
