@@ -211,9 +211,10 @@ def test_wrong_shapes_values_and_levels_are_refused(cls):
     with pytest.raises(ValueError, match=r"expected data of shape \[B, 1, 2, 2\]") as e:
         model.log_prob(torch.zeros(3, 4, dtype=torch.float64))
     _one_line(e)
-    with pytest.raises(ValueError, match="3-level grid") as e:
-        model.log_prob(torch.full((2, 1, 2, 2), 0.3, dtype=torch.float64))
-    _one_line(e)
+    for bad in (0.3, math.nan, math.inf):
+        with pytest.raises(ValueError, match="3-level grid") as e:
+            model.log_prob(torch.full((2, 1, 2, 2), bad, dtype=torch.float64))
+        _one_line(e)
     with pytest.raises(ValueError, match="3 levels") as e:
         model.likelihood(torch.zeros(2, 1, 2, 2, dtype=torch.float64), num_levels=17)
     _one_line(e)

@@ -98,8 +98,8 @@ class DiscreteData:
             what = f"symbols 0 .. {self.levels - 1}"
         else:
             k = (flat.double() + 1) * (self.levels - 1) / 2
-            idx = k.round().long()
-            bad = (idx < 0) | (idx >= self.levels) | ((k - idx).abs() > 1e-3)
+            idx = torch.nan_to_num(k, nan=-1.0).round().clamp(-1, self.levels).long()
+            bad = ~torch.isfinite(k) | (idx < 0) | (idx >= self.levels) | ((k - idx).abs() > 1e-3)
             what = f"the {self.levels}-level grid of [-1, 1]"
         if bool(bad.any()):
             raise ValueError(f"data values must lie on {what}; got e.g. {float(flat[bad][0])!r}")
@@ -136,7 +136,7 @@ def sample_categorical(logits: Tensor, generator: Generators = None) -> Tensor:
 
 def ancestral() -> None:
     """The one sampler of the exact-likelihood families: ancestral sampling (the model's own :meth:`sample`); it
-    takes no options and no steps."""
+    takes no options, and a step count does not apply to it (one pass per coordinate)."""
 
 
 class AutoregressiveModel(DensityModel):
