@@ -14,7 +14,7 @@ ones of each window) not in the training vocabulary: a different unit of text, f
 
 ``--quick`` is a smoke run (a few hundred training steps; its numbers are not the comparison). A table goes to
 stdout, everything to ``benchmarks/results/deletion.json`` (``deletion-quick.json``), and sample words to
-``benchmarks/results/deletion-<sampler>-<steps>.txt``.
+``benchmarks/results/deletion-<sampler>-<steps>.txt`` (``...-quick.txt``).
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def _deletion(args, out_dir: str) -> dict:
         run, info = load_run(args.run), {"run": args.run}
     else:
         run, info = _train("text-deletion", [f"train.steps={args.train_steps}", f"train.num_threads={args.threads}"],
-                           os.path.join(out_dir, "deletion-run"))
+                           os.path.join(out_dir, "deletion-run-quick" if args.quick else "deletion-run"))
     rows = []
     for steps in args.sampling_steps:
         for sampler in ("baseline", "nested"):
@@ -66,7 +66,8 @@ def _deletion(args, out_dir: str) -> dict:
             seconds = time.perf_counter() - t0
             report = evaluate_sequences(x, run.data)
             words = decode_sequences(x, run.data.meta["itos"])
-            with open(os.path.join(out_dir, f"deletion-{sampler}-{steps}.txt"), "w", encoding="utf-8") as f:
+            tag = "-quick" if args.quick else ""
+            with open(os.path.join(out_dir, f"deletion-{sampler}-{steps}{tag}.txt"), "w", encoding="utf-8") as f:
                 f.write("\n".join(words) + "\n")
             rows.append({"sampler": sampler, "steps": steps, "seconds": seconds, "examples": words[:12],
                          "full_length": float(sum(len(w) == run.model.max_len for w in words) / len(words)),
@@ -86,7 +87,8 @@ def _window_stats(windows: list[str], test: list[str], vocabulary: set[str]) -> 
 
 def _masked(args, out_dir: str) -> dict:
     run, info = _train("text-masked", [f"train.steps={args.masked_steps}", f"train.num_threads={args.threads}",
-                                       "model.width=96", "model.depth=2"], os.path.join(out_dir, "masked-run"))
+                                       "model.width=96", "model.depth=2"],
+                       os.path.join(out_dir, "masked-run-quick" if args.quick else "masked-run"))
     itos = run.data.meta["itos"]
     n = min(args.n // 4, len(run.data.test))  # a window holds about ten words
     t0 = time.perf_counter()
