@@ -1,4 +1,4 @@
-"""Straightness and transport cost of a flow (Liu et al. 2022, "Flow Straight and Fast", Def. 3.5 / eq. 6).
+"""Straightness and transport cost of a flow (Liu et al. 2022, "Flow Straight and Fast").
 
 ``S(Z) = int_0^1 E |(Z_1 - Z_0) - dZ_t/dt|^2 dt``: zero exactly when every trajectory is a straight line walked at
 constant speed, which is when one Euler step is exact. Two readings are computed here:
@@ -104,7 +104,7 @@ def flow_velocity(denoiser, process=None, **cond) -> Velocity:
 @torch.no_grad()
 def ode_straightness(velocity: Velocity, x1: Tensor, steps: int = 64) -> StraightnessResult:
     """Straightness and transport cost along the ODE trajectories of ``velocity`` from the prior points ``x1``
-    (``t = 1``) to ``t = 0``, by Euler on the uniform grid ``t_k = 1 - k / steps`` (Liu et al. 2022, Def. 3.5).
+    (``t = 1``) to ``t = 0``, by Euler on the uniform grid ``t_k = 1 - k / steps`` (Liu et al. 2022).
 
     With the Euler steps ``v_k`` the chord is ``x1 - x0 = mean_k v_k`` and the straightness of the discrete path is
     ``mean_k |mean_j v_j - v_k|^2 >= 0`` (exactly 0 for a constant velocity, whatever ``steps``).

@@ -2,8 +2,8 @@
 
 With the independent coupling each example ``x0`` is corrupted by its own fresh noise ``eps``. Any other joint law of
 ``(x0, eps)`` with the same two marginals is also a valid training coupling for the probability-flow ODE (Liu et al.
-2022, "Flow Straight and Fast", Thm. 3.3; Tong et al. 2023, "Improving and generalizing flow-based generative models
-with minibatch optimal transport", Sec. 3.2; Pooladian et al. 2023, "Multisample Flow Matching"): the learned ODE
+2022, "Flow Straight and Fast", the marginal-preserving theorem; Tong et al. 2023, "Improving and generalizing flow-based generative models
+with minibatch optimal transport", OT-CFM; Pooladian et al. 2023, "Multisample Flow Matching"): the learned ODE
 still carries the prior to the data, and a coupling closer to optimal transport gives straighter paths. Here the
 coupling is solved inside each training shard:
 
@@ -14,7 +14,7 @@ coupling is solved inside each training shard:
 ``sinkhorn``         entropic OT with regularisation ``reg`` (log-domain Sinkhorn, Cuturi 2013); each ``x0`` draws
                      its partner from its row of the plan
 ``sb``               Schrödinger-bridge coupling: entropic OT with ``reg = 2 s^2`` for a bridge noise level ``s``
-                     (Tong et al. 2023, SB-CFM, Sec. 3.4); the loss adds the Brownian-bridge noise
+                     (Tong et al. 2023, SB-CFM); the loss adds the Brownian-bridge noise
                      (:class:`~unidm.losses.DenoisingLoss`)
 ``*-class``          the same within each class of ``labels``: no pair ever crosses classes
 =================== ===============================================================================================
@@ -53,7 +53,7 @@ def sb_noise_level(reg: float) -> float:
 
 def sb_bridge(x0: Tensor, eps: Tensor, sigma: Tensor, noise_level: float, z: Tensor) -> tuple[Tensor, Tensor]:
     """``(x, target)``: SB-CFM's Brownian-bridge point and its regression target in sigma-space (Tong et al. 2023,
-    Sec. 3.4, Prop. 3.4 with bridge noise ``s``).
+    SB-CFM, with bridge noise ``s``).
 
     On the flow path the bridge is ``x_t = (1 - t) x0 + t eps + s sqrt(t (1 - t)) z`` with the velocity
     ``u_t = (eps - x0) + (1 - 2t) / (2t (1 - t)) (x_t - mu_t)``, ``mu_t = (1 - t) x0 + t eps``. With
@@ -103,7 +103,7 @@ def exact_ot_indices(x0: Tensor, eps: Tensor) -> Tensor:
 def sinkhorn_plan(cost: Tensor, reg: float, tol: float = 1e-4, max_iter: int = 2000) -> Tensor:
     """The entropic OT plan ``P [B, B']`` between uniform marginals for ``cost`` (Cuturi 2013, "Sinkhorn Distances",
     eq. 2: ``min <P, C> - reg H(P)``) by log-domain Sinkhorn iterations in float64 with reg-scaling (the potentials
-    of a larger regularisation warm-start the next, halving down to ``reg``; Schmitzer 2019, Sec. 3.2), so small
+    of a larger regularisation warm-start the next, halving down to ``reg``; Schmitzer 2019, "Stabilized sparse scaling algorithms"), so small
     ``reg`` stays stable.
 
     Stops when the row marginals are within ``tol`` (L1) of uniform (the columns are exact after every update),

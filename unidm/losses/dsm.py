@@ -20,7 +20,7 @@ from ..denoiser import DenoiserFn
 from ..parameterization import path_coefficients
 from ..processes import GaussianProcess, NoiseLevels
 from ..rng import randn
-from .coupling import COUPLINGS, coupling_indices, sb_noise_level
+from .coupling import COUPLINGS, coupling_indices, sb_bridge, sb_noise_level
 from .weighting import weighting_fn
 
 __all__ = ["DenoisingLoss"]
@@ -40,7 +40,7 @@ class DenoisingLoss:
         coupling_reg: the entropic regularisation of ``sinkhorn`` and ``sb`` (``reg = 2 s^2`` for the bridge noise
             level ``s`` of ``sb``).
 
-    With ``coupling="sb"`` (Tong et al. 2023, SB-CFM, Sec. 3.4) the path carries Brownian-bridge noise: on the flow
+    With ``coupling="sb"`` (Tong et al. 2023, SB-CFM) the path carries Brownian-bridge noise: on the flow
     path ``x_t = (1 - t) x0 + t eps + s sqrt(t (1 - t)) z`` with target velocity
     ``(eps - x0) + (1 - 2t) / (2t (1 - t)) (x_t - mu_t)``. In sigma-space (``x = x_t / (1 - t)``,
     ``sigma = t / (1 - t)``) that is ``x = x0 + sigma eps + s sqrt(sigma) z`` and, through ``D = x - sigma dx/dsigma``,
@@ -103,12 +103,11 @@ class DenoisingLoss:
             x = self.process.perturb(x0, sigma, generator)
             return self.at_x(denoiser, x0, x, sigma, **cond)
         eps = self._noise(x0, noise, labels, generator)
-        shape = (-1, *([1] * (x0.ndim - 1)))
-        x, target = x0 + sigma.reshape(shape) * eps, x0
         if self.coupling.removesuffix("-class") == "sb":  # Brownian-bridge noise of SB-CFM (class docstring)
-            bridge = sb_noise_level(self.coupling_reg) * sigma.sqrt().reshape(shape) * randn(
-                x0.shape, generator, x0.dtype, x0.device)
-            x, target = x + bridge, x0 + 0.5 * bridge
+            z = randn(x0.shape, generator, x0.dtype, x0.device)
+            x, target = sb_bridge(x0, eps, sigma, sb_noise_level(self.coupling_reg), z)
+        else:
+            x, target = x0 + sigma.reshape((-1, *([1] * (x0.ndim - 1)))) * eps, x0
         err = (denoiser(x, sigma, **cond) - target) ** 2
         return self.weight(sigma) * err.reshape(x0.shape[0], -1).mean(1)
 
