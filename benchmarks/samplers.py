@@ -48,6 +48,9 @@ BUDGETS = (4, 5, 6, 8, 10, 20, 50)
 #: unidm samplers whose grid is tuned to each problem (unidm.samplers.tuning), on calibration noises of their own
 TUNED = {"ipndm": ("ipndm", {}), "unipc-2": ("unipc", {"order": 2}), "dpmpp_3m": ("dpmpp_3m", {}),
          "unipc-3": ("unipc", {"order": 3})}
+DEFAULT_TUNED = ("unipc-3", "unipc-2", "ipndm")
+#: the sampler whose grid is also fitted to the test noises themselves: a lower bound on any grid's error
+BOUND = "unipc-3"
 TUNED_BUDGETS = (4, 5, 6, 8, 10)
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -122,19 +125,38 @@ def run_unidm(oracle, x, budget):
             yield f"{name}@{gname}", res.x, res.nfe, method in STOCHASTIC
 
 
-def run_tuned(oracle, x, budget, samples, tuning_log):
+def run_tuned(oracle, x, budget, samples, tuning_log, tuned=DEFAULT_TUNED, tune_options=None):
     """unidm's samplers on grids fitted to ``oracle`` (``tune_grid`` on ``samples`` calibration noises drawn with
     seed 7, never the benchmark's own noises ``x``)."""
     if budget not in TUNED_BUDGETS:
         return
-    for name, (method, opts) in TUNED.items():
+    for name in tuned:
+        method, opts = TUNED[name]
         t = tune_grid(oracle, method, budget, shape=x.shape[1:], process=VPDiscrete(), sigma_max=SIGMA_MAX,
-                      sigma_min=0.002, samples=samples, seed=7, options=opts)
-        tuning_log.append({"name": name, "budget": budget, "seconds": t.seconds, "evaluations": t.evaluations,
-                           "init": t.init, "init_error": t.init_error, "error": t.error,
-                           "karras_error": t.fixed_errors["karras-rho7"], "sigmas": [float(v) for v in t.sigmas]})
+                      sigma_min=0.002, samples=samples, seed=7, options=opts, **(tune_options or {}))
+        tuning_log.append(_tuning_record(name, budget, t))
         res = solve(oracle, x, t.sigmas, method, **opts)
         yield f"{name}@tuned", res.x, res.nfe, False
+
+
+def _tuning_record(name, budget, t) -> dict:
+    return {"name": name, "budget": budget, "seconds": t.seconds, "evaluations": t.evaluations, "init": t.init,
+            "init_error": t.init_error, "error": t.error, "holdout_error": t.holdout_error,
+            "holdout_init_error": t.holdout_init_error, "karras_error": t.fixed_errors["karras-rho7"],
+            "optimizer": t.optimizer, "sigmas": [float(v) for v in t.sigmas]}
+
+
+def run_bound(oracle, x, budget, tuning_log, tune_options=None):
+    """The grid of :data:`BOUND` fitted to the test noises ``x`` themselves: no grid does better on them for that
+    sampler (up to the optimiser's local optimum), a bound on what tuning can reach."""
+    if budget not in TUNED_BUDGETS:
+        return
+    method, opts = TUNED[BOUND]
+    t = tune_grid(oracle, method, budget, noise=x, process=VPDiscrete(), sigma_max=SIGMA_MAX, sigma_min=0.002,
+                  options=opts, **(tune_options or {}))
+    tuning_log.append(_tuning_record(f"{BOUND}@oracle-tuned", budget, t))
+    res = solve(oracle, x, t.sigmas, method, **opts)
+    yield f"{BOUND}@oracle-tuned", res.x, res.nfe, False
 
 
 # ---- diffusers ----------------------------------------------------------------------------------------------------
@@ -354,23 +376,50 @@ def overhead(K, dcfg, steps=100):
 
 
 # ---- main ---------------------------------------------------------------------------------------------------------
-def main():
+def parse_args(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fewer samples and budgets (smoke run)")
     ap.add_argument("--tune-samples", type=int, default=0,
-                    help="calibration noises for the tuned grids (default 1000 in 2-D, 256 in 16-D)")
+                    help="calibration noises for the tuned grids (default 2000)")
     ap.add_argument("--budgets", help="comma-separated NFE budgets (default 4,5,6,8,10,20,50)")
-    args = ap.parse_args()
+    ap.add_argument("--tuned", default=",".join(DEFAULT_TUNED),
+                    help=f"samplers whose grid is tuned (of {', '.join(TUNED)})")
+    ap.add_argument("--optimizer", default="lbfgs", help="tune_grid's optimizer: lbfgs or nelder-mead")
+    ap.add_argument("--starts", type=int, default=1, help="tune_grid's starts (best fixed grids searched from)")
+    ap.add_argument("--tuned-only", action="store_true",
+                    help="only the tuned grids, the bound and diffusers' schedulers (no unidm fixed grids, no "
+                         "k-diffusion): the ratio table in a fraction of the time")
+    ap.add_argument("--no-bound", action="store_true", help="skip the grid fitted to the test noises themselves")
+    ap.add_argument("--fresh", type=int, default=-1,
+                    help="fresh noises on which the best anchor and the tuned grids are measured again "
+                         "(default 10000 in 2-D, 4000 in 16-D; 0: none)")
+    ap.add_argument("--digits", metavar="RUN", help="also the digits section on this trained run folder")
+    ap.add_argument("--digits-nfe", default="4,6,8,10")
+    ap.add_argument("--digits-samplers", default="dpmpp_2m,unipc")
+    ap.add_argument("--digits-tune-samples", type=int, default=128)
+    ap.add_argument("--digits-max-evals", type=int, default=300, help="K-step solves of the digits grid search")
+    ap.add_argument("--skip-mixtures", action="store_true", help="only the digits section")
+    ap.add_argument("--dims", default="2,16", help="which mixtures: 2, 16 or both (2,16)")
+    return ap.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
     n_samples = {2: 2000, 16: 1000} if not args.quick else {2: 300, 16: 200}
-    tune_samples = {2: args.tune_samples or 1000, 16: args.tune_samples or 256}
+    tune_samples = {2: args.tune_samples or 2000, 16: args.tune_samples or 2000}
+    fresh = {2: 10000, 16: 4000} if args.fresh < 0 else {2: args.fresh, 16: args.fresh}
     budgets = BUDGETS if not args.quick else (10,)
     if args.budgets:
         budgets = tuple(int(b) for b in args.budgets.split(","))
-    K = load_k_sampling()
+    tuned = tuple(t for t in args.tuned.split(",") if t)
+    tune_options = {"optimizer": args.optimizer, "starts": args.starts}
+    K = None if args.tuned_only else load_k_sampling()
     kcfg, dcfg = k_configs(K), diffusers_configs()
-    results = {"budgets": list(budgets), "sigma_max": SIGMA_MAX, "problems": {}}
+    results = {"budgets": list(budgets), "sigma_max": SIGMA_MAX, "problems": {}, "tune_options": tune_options,
+               "tuned_only": args.tuned_only}
     t_all = time.time()
-    for dim, k in ((2, 6), (16, 8)):
+    dims = () if args.skip_mixtures else tuple(int(d) for d in args.dims.split(","))
+    for dim, k in ((d, {2: 6, 16: 8}[d]) for d in dims):
         oracle = make_mixture(dim, k, seed=dim)
         n = n_samples[dim]
         x = SIGMA_MAX * torch.randn(n, dim, dtype=F64, generator=torch.Generator().manual_seed(0))
@@ -384,10 +433,13 @@ def main():
                 "sw_reference": sliced_w2(ref.x, truth), "rows": [], "tuning": []}
         print(f"\n## {dim}-D mixture, {k} components, {n} samples; reference: adaptive rtol=atol=1e-9 "
               f"({ref.nfe} NFE, {time.time() - t:.1f}s); SW2 noise floor {floor:.4f}, "
-              f"reference SW2 {prob['sw_reference']:.4f}")
+              f"reference SW2 {prob['sw_reference']:.4f}", flush=True)
         for budget in budgets:
-            sources = [("unidm", run_unidm(oracle, x, budget)),
-                       ("unidm", run_tuned(oracle, x, budget, tune_samples[dim], prob["tuning"]))]
+            sources = [] if args.tuned_only else [("unidm", run_unidm(oracle, x, budget))]
+            sources.append(("unidm", run_tuned(oracle, x, budget, tune_samples[dim], prob["tuning"], tuned,
+                                               tune_options)))
+            if not args.no_bound:
+                sources.append(("bound", run_bound(oracle, x, budget, prob["tuning"], tune_options)))
             if dcfg:
                 sources.append(("diffusers", run_diffusers(oracle, x, budget, dcfg)))
             if K is not None:
@@ -399,16 +451,123 @@ def main():
                     sw = sliced_w2(out, truth) if ok else None
                     prob["rows"].append({"lib": lib, "name": name, "budget": budget, "nfe": nfe,
                                          "stochastic": stochastic, "rmse": rmse, "sw": sw, "finite": ok})
+            print_ratios(prob, (budget,), header=False)
+        if fresh[dim]:
+            prob["fresh"] = fresh_check(oracle, dim, fresh[dim], prob, dcfg, budgets)
         results["problems"][str(dim)] = prob
         print_table(prob, budgets)
-    results["overhead_us_per_step"] = overhead(K, dcfg)
-    print("\n## per-step overhead, trivial model, batch 1, 100 steps (microseconds per step)")
-    for k_, v in results["overhead_us_per_step"].items():
-        print(f"  {k_:28s} {v:8.1f}")
+        print_ratios(prob, budgets)
+    if not args.skip_mixtures:
+        results["overhead_us_per_step"] = overhead(K, dcfg)
+        print("\n## per-step overhead, trivial model, batch 1, 100 steps (microseconds per step)")
+        for k_, v in results["overhead_us_per_step"].items():
+            print(f"  {k_:28s} {v:8.1f}")
+    if args.digits:
+        results["digits"] = digits_section(args.digits, [int(v) for v in args.digits_nfe.split(",")],
+                                           args.digits_samplers.split(","), args.digits_tune_samples,
+                                           {**tune_options, "max_evals": args.digits_max_evals})
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "samplers.json").write_text(json.dumps(results, indent=1))
-    plot(results)
-    print(f"\nwrote {RESULTS / 'samplers.json'} and {RESULTS / 'samplers.png'} ({time.time() - t_all:.0f}s)")
+    name = "samplers" if not args.skip_mixtures else "samplers-digits"
+    if dims and dims != (2, 16):
+        name = f"samplers-{'-'.join(map(str, dims))}d"
+    (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=1))
+    if not args.skip_mixtures:
+        plot(results)
+    print(f"\nwrote {RESULTS / (name + '.json')} ({time.time() - t_all:.0f}s)")
+
+
+def fresh_check(oracle, dim, n, prob, dcfg, budgets) -> list[dict]:
+    """The best diffusers anchor (chosen on the test noises) and every tuned grid, again on ``n`` fresh noises
+    (seed 11): the test RMSE at 4-10 NFE is dominated by the few noises that end near a boundary between modes,
+    so it varies by tens of percent between noise sets of a thousand."""
+    x = SIGMA_MAX * torch.randn(n, dim, dtype=F64, generator=torch.Generator().manual_seed(11))
+    ref = solve(oracle, x, torch.tensor([SIGMA_MAX, 1e-5, 0.0], dtype=F64), "adaptive", rtol=1e-9, atol=1e-9).x
+    out = []
+    for b in budgets:
+        anchor = best(prob["rows"], "diffusers", b, "rmse")
+        if anchor is None or b not in TUNED_BUDGETS:
+            continue
+        cls, kw, nfe_of, _ = dcfg[anchor["name"]]
+        y, _ = run_diffusers_one(cls, kw, oracle, x, steps_for(nfe_of, b))
+        row = {"budget": b, "anchor": anchor["name"], "anchor_rmse": float(((y - ref) ** 2).mean().sqrt())}
+        for t in prob["tuning"]:
+            if t["budget"] == b and not t["name"].endswith("oracle-tuned"):
+                method, opts = TUNED[t["name"]]
+                y = solve(oracle, x, torch.tensor(t["sigmas"], dtype=F64), method, **opts).x
+                row[t["name"]] = float(((y - ref) ** 2).mean().sqrt())
+        out.append(row)
+    return out
+
+
+def digits_section(run_path: str, nfes, samplers, tune_samples: int, tune_options: dict) -> dict:
+    """A trained digits run: Fréchet distance (feature net of ``unidm.evaluation``) of as many samples as training
+    images against the held-out split, with the Karras grid and with a grid tuned to the run
+    (``tune_grid`` on ``tune_samples`` prior noises with the training class frequencies, stratified), at each NFE;
+    next to the floor and the resampled floor (fresh draws from the training split, within classes)."""
+    from unidm.commands.guidance import prior_labels
+    from unidm.evaluation.feature_net import feature_net_for, features
+    from unidm.evaluation.image_metrics import frechet_distance, resampled_floor
+    from unidm.run import load_run
+    from unidm.samplers import make_grid, prior_noise
+
+    run = load_run(run_path)
+    model, data = run.model, run.data
+    net = feature_net_for(data)
+    f_test, f_train = features(net, data.test), features(net, data.train)
+    n = len(data.train)
+    stratified = bool(prior_labels(model, data, range(1)))
+    floor = frechet_distance(f_train, f_test)
+    resampled = resampled_floor(f_train, f_test, n, labels=data.train_labels if stratified else None)["mean"]
+    seeds = range(n)
+    cond = prior_labels(model, data, seeds)
+    print(f"\n## digits ({run_path}, step {run.step}): {n} samples vs {len(data.test)} held-out; Fréchet floor "
+          f"{floor:.3f}, resampled floor {resampled:.3f}", flush=True)
+    print(f"{'sampler':10s} {'NFE':>4s} {'karras':>8s} {'tuned':>8s} {'k/res':>6s} {'t/res':>6s} {'tune s':>7s}")
+    rows = []
+    with torch.no_grad(), model.evaluating():
+        for sampler in samplers:
+            for nfe in nfes:
+                kg = make_grid("karras", nfe, model.process)
+                t = tune_grid(model.denoiser, sampler, nfe, shape=model.data_shape, process=model.process,
+                              samples=tune_samples, seed=1, dtype=torch.float32,
+                              cond=prior_labels(model, data, range(10**6, 10**6 + tune_samples)), **tune_options)
+                fd = {}
+                for gname, g in (("karras", kg), ("tuned", t.sigmas)):
+                    x = prior_noise((n, *model.data_shape), float(g[0]), seeds=seeds)
+                    y = solve(model.denoiser, x, g, sampler, **cond).x
+                    fd[gname] = frechet_distance(features(net, y.clamp(-1, 1)), f_test)
+                rows.append({"sampler": sampler, "nfe": nfe, "karras": fd["karras"], "tuned": fd["tuned"],
+                             "tune_seconds": t.seconds, "tune_error": t.error, "tune_init": t.init,
+                             "karras_error": t.fixed_errors["karras-rho7"], "sigmas": [float(v) for v in t.sigmas]})
+                print(f"{sampler:10s} {nfe:4d} {fd['karras']:8.3f} {fd['tuned']:8.3f} {fd['karras'] / resampled:6.2f} "
+                      f"{fd['tuned'] / resampled:6.2f} {t.seconds:7.1f}", flush=True)
+    return {"run": run_path, "step": run.step, "n": n, "floor": floor, "resampled_floor": resampled,
+            "tune_samples": tune_samples, "rows": rows}
+
+
+def print_ratios(prob, budgets, header=True):
+    """unidm's best tuned grid against the best anchor (diffusers or k-diffusion) per NFE, with the bound."""
+    rows = prob["rows"]
+    if header:
+        print(f"\n{prob['dim']}-D: unidm tuned vs the best anchor (RMSE vs reference; ratio < 1: unidm ahead)")
+        print(f"{'NFE':>4s} {'best anchor':>34s} {'unidm tuned':>22s} {'ratio':>6s} {'bound':>9s} {'ratio':>6s}"
+              f" | fresh: {'anchor':>9s} {'tuned':>9s} {'ratio':>6s}")
+    for b in budgets:
+        anchors = [r for r in (best(rows, lib, b, "rmse") for lib in ("diffusers", "k-diffusion")) if r]
+        u = min((r for r in rows if r["budget"] == b and r["name"].endswith("@tuned") and r["rmse"] is not None),
+                key=lambda r: r["rmse"], default=None)
+        if not anchors or u is None:
+            continue
+        a = min(anchors, key=lambda r: r["rmse"])
+        bd = best(rows, "bound", b, "rmse")
+        f = next((f for f in prob.get("fresh", []) if f["budget"] == b), None)
+        fr = ""
+        if f:
+            ft = min(v for k, v in f.items() if k in TUNED)
+            fr = f" | fresh: {f['anchor_rmse']:9.3e} {ft:9.3e} {ft / f['anchor_rmse']:6.2f}"
+        bds = f"{bd['rmse']:9.3e} {bd['rmse'] / a['rmse']:6.2f}" if bd else f"{'-':>9s} {'-':>6s}"
+        print(f"{b:4d} {a['lib'] + ' ' + a['name']:>34s} {u['name'] + ' ' + format(u['rmse'], '.3e'):>22s} "
+              f"{u['rmse'] / a['rmse']:6.2f} {bds}{fr}", flush=True)
 
 
 def best(rows, lib, budget, key):
@@ -452,7 +611,7 @@ def plot(results):
     probs = results["problems"]
     fig, axes = plt.subplots(1, len(probs), figsize=(7 * len(probs), 5.5))
     axes = [axes] if len(probs) == 1 else axes
-    styles = {"unidm": "-", "diffusers": "--", "k-diffusion": ":"}
+    styles = {"unidm": "-", "diffusers": "--", "k-diffusion": ":", "bound": "-."}
     for ax, (dim, prob) in zip(axes, probs.items()):
         rows = [r for r in prob["rows"] if r["rmse"] is not None]
         series = {}

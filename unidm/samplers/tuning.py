@@ -432,6 +432,10 @@ def reference_solve(denoiser, x: Tensor, sigma_max: float, floor: float, cond, r
     if not per:
         ref = solve(denoiser, x, levels, "adaptive", cond=cond, rtol=rtol, atol=rtol)
         return ref.x, ref.nfe
+    def expanded(xa: Tensor, sigma: Tensor, **c) -> Tensor:  # a group's one label, to the running samples' rows
+        return denoiser(xa, sigma, **{k: (v.expand(xa.shape[0]) if k in per and v.ndim == 0 else v)
+                                      for k, v in c.items()})
+
     keys = torch.cat([v.reshape(x.shape[0], -1).double().cpu() for v in per.values()], 1)
     _, group = torch.unique(keys, dim=0, return_inverse=True)
     out, nfe = torch.empty_like(x), 0
@@ -442,7 +446,7 @@ def reference_solve(denoiser, x: Tensor, sigma_max: float, floor: float, cond, r
             sub = idx if len(rows) == 1 else r
             c = {**cond, **{k: (v[r.to(v.device)].reshape(()) if v.ndim == 1 else v[r.to(v.device)])
                             for k, v in per.items()}}
-            ref = solve(denoiser, x[sub.to(x.device)], levels, "adaptive", cond=c, rtol=rtol, atol=rtol)
+            ref = solve(expanded, x[sub.to(x.device)], levels, "adaptive", cond=c, rtol=rtol, atol=rtol)
             out[sub.to(x.device)] = ref.x
             nfe += ref.nfe
     return out, nfe
