@@ -140,7 +140,7 @@ def test_vector_flow_density_integrates_to_one(name):
 
 
 def test_log_prob_is_the_standard_normal_of_the_latent_plus_logdet():
-    model, forward, _, shape = _bijection(("vector", "realnvp", (2,)))
+    model, forward, _, _ = _bijection(("vector", "realnvp", (2,)))
     x = torch.randn(4, 2, dtype=torch.float64)
     z, logdet = forward(x)
     expected = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(1) + logdet
@@ -219,7 +219,7 @@ def test_training_loss_is_the_dequantized_bound_the_likelihood_reports():
     x = data.test[:6]
     loss = model.loss({"x": x}, torch.Generator().manual_seed(7))
     res = model.likelihood(x, num_levels=17, generator=torch.Generator().manual_seed(7))
-    log_prob, bpd = dequantized_log_prob(model.log_prob, x, 17, generator=torch.Generator().manual_seed(7))
+    log_prob, _ = dequantized_log_prob(model.log_prob, x, 17, generator=torch.Generator().manual_seed(7))
     torch.testing.assert_close(res.nll, -log_prob)
     torch.testing.assert_close(loss, res.nll / 64)
     torch.testing.assert_close(loss / math.log(2), res.bits_per_dim)

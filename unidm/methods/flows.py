@@ -32,10 +32,10 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import ClassVar, Mapping, Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..likelihood import bin_width, dequantize
 from ..nn.flow_layers import ActNorm, FlowSequence
