@@ -3,7 +3,7 @@ and OT-CFM with the same network and wall time), at 1, 2, 4 and 8 Euler steps, w
 
     python benchmarks/reflow.py [--quick] [--datasets moons gmm-ring checkerboard digits] [--steps 1000]
                                 [--reflow-steps 600] [--pairs 6000] [--n-eval 2000] [--sb-reg 0.5] [--threads 1]
-                                [--keep DIR]
+                                [--reflow-noise-levels uniform-t] [--keep DIR [--reuse]] [--json NAME]
 
 Every row trains through the command line (``unidm train`` / ``unidm reflow`` / ``unidm distill``) from the
 ``<data>-flow`` preset (toys: the preset's MLP at 128 wide and batch 256, so the whole benchmark fits a small CPU
@@ -12,7 +12,7 @@ budget; digits: the preset's UNet, class-conditional):
 - ``1-RF``: ``--steps`` steps, independent coupling; ``OT`` / ``SB``: the same with ``method.coupling=ot`` / ``sb``
   (``ot-class`` / ``sb-class`` for the conditional digits; SB with ``method.coupling_reg=--sb-reg``);
 - ``2-RF``: ``unidm reflow`` of 1-RF (``--pairs`` pairs through the adaptive solver, ``--reflow-steps`` steps from
-  1-RF's weights); ``3-RF``: ``unidm reflow`` of 2-RF; ``2-RF+D1``: ``unidm distill --steps 1`` of 2-RF on the same
+  1-RF's weights, training times uniform in t: ``method.noise_levels=uniform-t``); ``3-RF``: ``unidm reflow`` of 2-RF; ``2-RF+D1``: ``unidm distill --steps 1`` of 2-RF on the same
   pairs as 3-RF (``--pairs-from``);
 - ``I-CFM`` / ``OT-CFM`` (when torchcfm imports: ``pip install --no-deps torchcfm pot``; its declared dependencies
   pull torchvision through torchdyn, the matcher itself needs only POT): the same network (raw, as ``v(x_t, t)``)
@@ -197,8 +197,9 @@ def run_dataset(name: str, root: str, args) -> dict:
          f"method.coupling_reg={args.sb_reg}", *base)
     pairs = ["--pairs", str(args.pairs), "--chunk-size", str(min(args.pairs, 2000)), f"train.steps={args.reflow_steps}",
              "train.warmup=0", *base]
-    once("2-RF", "reflow", d("1-RF"), *pairs)
-    once("3-RF", "reflow", d("2-RF"), *pairs)
+    levels = [f"method.noise_levels={args.reflow_noise_levels}"] if args.reflow_noise_levels else []
+    once("2-RF", "reflow", d("1-RF"), *pairs, *levels)
+    once("3-RF", "reflow", d("2-RF"), *pairs, *levels)
     once("2-RF+D1", "distill", d("2-RF"), "--steps", "1", "--pairs-from", d("3-RF"), *pairs)
     out["train_minutes"] = (time.perf_counter() - t0) / 60
     for row in ROWS[:6]:
@@ -255,6 +256,10 @@ def main() -> None:
     p.add_argument("--sb-reg", type=float, default=0.5,
                    help="the SB coupling's entropic regularisation (bridge noise level sqrt(reg / 2)); at the library's "
                         "0.05 its Sinkhorn solve costs ~40x an exact OT step")
+    p.add_argument("--reflow-noise-levels", default="uniform-t",
+                   help="training times of 2-RF and 3-RF (Liu et al.: uniform); '' keeps the parent's (the flow "
+                        "presets' logit-normal, which rarely trains the velocity near t = 1 where a one-step Euler "
+                        "reads it)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--keep", help="keep the runs in this folder (default: a temporary folder, removed)")
     p.add_argument("--reuse", action="store_true", help="with --keep: evaluate the finished runs found there instead "
