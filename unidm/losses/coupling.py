@@ -71,8 +71,11 @@ def sb_bridge(x0: Tensor, eps: Tensor, sigma: Tensor, noise_level: float, z: Ten
 
 
 def _cost(x0: Tensor, eps: Tensor) -> Tensor:
-    a, b = x0.reshape(len(x0), -1).double(), eps.reshape(len(eps), -1).double()
-    return torch.cdist(a, b).pow(2)
+    """``[B, B']`` squared distances in float64 (on the CPU for a device without float64, e.g. MPS)."""
+    a, b = x0.reshape(len(x0), -1), eps.reshape(len(eps), -1)
+    if a.device.type == "mps":
+        a, b = a.cpu(), b.cpu()
+    return torch.cdist(a.double(), b.double()).pow(2)
 
 
 def transport_cost(x0: Tensor, eps: Tensor) -> Tensor:
@@ -148,7 +151,7 @@ def plan_rows(plan: Tensor, generator: Generators = None) -> Tensor:
     [1, 0]
     """
     cdf = torch.cumsum(plan / plan.sum(1, keepdim=True), dim=1)
-    u = rand((len(plan), 1), generator, dtype=torch.float64, device=plan.device).to(cdf.device)
+    u = rand((len(plan), 1), generator, dtype=torch.float32, device=plan.device).to(cdf)
     return torch.searchsorted(cdf, u).clamp_(max=cdf.shape[1] - 1).reshape(-1)
 
 
