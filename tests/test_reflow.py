@@ -236,3 +236,16 @@ def test_bad_input_is_refused_before_anything_is_written(parent, tmp_path, capsy
         assert main([cmd, parent, "--out", out, "--pairs", "8", *bad]) == 2
         assert len(capsys.readouterr().err.strip().splitlines()) == 1
         assert not os.path.exists(out)
+
+
+def test_class_conditional_pairs_follow_each_samples_label():
+    # D(x, sigma | y) of N(mu_y, c^2 I): the adaptive solver keeps each sample's label while the others finish
+    means, c = torch.tensor([[3.0, 0.0], [-3.0, 1.0], [0.0, -4.0]], dtype=F64), 0.5
+
+    def denoiser(x, sigma, class_labels):
+        mu, s2 = means[class_labels], sigma.reshape(-1, 1) ** 2
+        return mu + c * c / (c * c + s2) * (x - mu)
+
+    y = torch.tensor([0, 2, 1, 1, 0, 2])
+    z, x1 = coupling_pairs(denoiser, _flow(), range(6), (2,), class_labels=y, dtype=F64, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(x1, means[y] + c * z, rtol=0, atol=2e-5)
