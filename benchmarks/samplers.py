@@ -400,11 +400,15 @@ def parse_args(argv=None):
     ap.add_argument("--digits-max-evals", type=int, default=300, help="K-step solves of the digits grid search")
     ap.add_argument("--skip-mixtures", action="store_true", help="only the digits section")
     ap.add_argument("--dims", default="2,16", help="which mixtures: 2, 16 or both (2,16)")
+    ap.add_argument("--plot-grids", metavar="PNG", help="only plot the tuned grids against Karras's from the JSON "
+                                                        "files in benchmarks/results/ (samplers*.json) to PNG")
     return ap.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.plot_grids:
+        return plot_grids(args.plot_grids)
     n_samples = {2: 2000, 16: 1000} if not args.quick else {2: 300, 16: 200}
     tune_samples = {2: args.tune_samples or 2000, 16: args.tune_samples or 2000}
     fresh = {2: 10000, 16: 4000} if args.fresh < 0 else {2: args.fresh, 16: args.fresh}
@@ -474,6 +478,45 @@ def main(argv=None):
     if not args.skip_mixtures:
         plot(results)
     print(f"\nwrote {RESULTS / (name + '.json')} ({time.time() - t_all:.0f}s)")
+
+
+def plot_grids(out: str) -> None:
+    """The tuned grids (sigma against step, log scale) of every ``samplers*.json`` in ``benchmarks/results/``, with
+    the Karras grid (rho 7) of the same steps: 2-D and 16-D mixtures (UniPC-3) and digits (its samplers)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = []
+    for path in sorted(RESULTS.glob("samplers*.json")):
+        res = json.loads(path.read_text())
+        for dim, prob in res.get("problems", {}).items():
+            recs = [t for t in prob["tuning"] if t["name"] == "unipc-3" and t["budget"] in (5, 10)]
+            if recs:
+                panels.append((f"{dim}-D mixture, UniPC-3 (sigma_max {SIGMA_MAX:.0f})", recs, 0.002, SIGMA_MAX))
+        if "digits" in res:
+            from unidm.run import load_run
+            proc = load_run(res["digits"]["run"]).model.process
+            recs = [{"name": r["sampler"], "budget": r["nfe"], "sigmas": r["sigmas"]} for r in res["digits"]["rows"]
+                    if r["nfe"] in (4, 10)]
+            panels.append((f"digits, {', '.join(sorted({r['name'] for r in recs}))}", recs, proc.sigma_min,
+                           proc.sigma_max))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
+    for ax, (title, recs, smin, smax) in zip(axes[0], panels):
+        for i, r in enumerate(recs):
+            sig = r["sigmas"][:-1]
+            c = f"C{i}"
+            ax.semilogy(range(len(sig)), sig, "o-", color=c, label=f"tuned, {r['budget']} NFE")
+            kg = karras_grid(len(sig), smin, smax)[:-1]
+            ax.semilogy(range(len(sig)), kg, "x--", color=c, alpha=0.6, label=f"Karras, {len(sig)} steps")
+        ax.set_xlabel("step i")
+        ax.set_ylabel("sigma_i (last level 0 not shown)")
+        ax.set_title(title, fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    print(f"wrote {out}")
 
 
 def fresh_check(oracle, dim, n, prob, dcfg, budgets) -> list[dict]:
