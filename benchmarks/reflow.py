@@ -188,7 +188,7 @@ def run_dataset(name: str, root: str, args) -> dict:
     t0 = time.perf_counter()
 
     def once(row: str, *cmd: str) -> None:  # --keep DIR --reuse: a finished run is not trained again
-        if not (args.reuse and os.path.isfile(os.path.join(d(row), "model.safetensors"))):
+        if row in args.rows and not (args.reuse and os.path.isfile(os.path.join(d(row), "model.safetensors"))):
             _quiet([*cmd, "--out", d(row)])
 
     once("1-RF", "train", preset, f"train.steps={args.steps}", *base)
@@ -200,9 +200,10 @@ def run_dataset(name: str, root: str, args) -> dict:
     levels = [f"method.noise_levels={args.reflow_noise_levels}"] if args.reflow_noise_levels else []
     once("2-RF", "reflow", d("1-RF"), *pairs, *levels)
     once("3-RF", "reflow", d("2-RF"), *pairs, *levels)
-    once("2-RF+D1", "distill", d("2-RF"), "--steps", "1", "--pairs-from", d("3-RF"), *pairs)
+    shared = ["--pairs-from", d("3-RF")] if "3-RF" in args.rows else []
+    once("2-RF+D1", "distill", d("2-RF"), "--steps", "1", *shared, *pairs)
     out["train_minutes"] = (time.perf_counter() - t0) / 60
-    for row in ROWS[:6]:
+    for row in [r for r in ROWS[:6] if r in args.rows]:
         out["rows"][row] = _unidm_row(d(row), args.n_eval)
         print(f"  {name} {row} done", flush=True)
     out["ref"] = _reference(d("1-RF"), args.n_eval)
@@ -211,7 +212,7 @@ def run_dataset(name: str, root: str, args) -> dict:
 
     cfg = apply_overrides(cfg, [f"train.steps={args.steps}", *base])
     seconds = out["rows"]["1-RF"]["train_seconds"]
-    for row in ROWS[6:]:
+    for row in [r for r in ROWS[6:] if r in args.rows]:
         r = _cfm_row(cfg, row, seconds, args.n_eval)
         if r is None:
             out["torchcfm"] = "not installed (pip install --no-deps torchcfm pot)"
@@ -260,6 +261,8 @@ def main() -> None:
                    help="training times of 2-RF and 3-RF (Liu et al.: uniform); '' keeps the parent's (the flow "
                         "presets' logit-normal, which rarely trains the velocity near t = 1 where a one-step Euler "
                         "reads it)")
+    p.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS,
+                   help="the rows to train and evaluate (1-RF is always needed)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--keep", help="keep the runs in this folder (default: a temporary folder, removed)")
     p.add_argument("--reuse", action="store_true", help="with --keep: evaluate the finished runs found there instead "
