@@ -90,12 +90,12 @@ def test_guided_tuning_fits_the_guided_denoiser():
     # the grid tuned for the unguided mixture and every fixed grid on the guided problem, on fresh noises
     exact = MixtureClassOracle(ring(k=4))
     G = ClassifierFreeGuidance(exact, scale=4.0, null_label=exact.null_label)
-    kw = dict(shape=(2,), sigma_max=SMAX, sigma_min=SMIN, samples=32, seed=0, max_evals=200)
+    kw = dict(shape=(2,), sigma_max=SMAX, sigma_min=SMIN, samples=32, seed=0, max_evals=200, holdout=16)
     guided = tune_grid(G, "dpmpp_2m", 6, cond={"class_labels": torch.arange(32) % 4}, **kw)
     unguided = tune_grid(exact, "dpmpp_2m", 6, **kw)
     x = prior_noise((128, 2), SMAX, generator=torch.Generator().manual_seed(5), dtype=F64)
     cond = {"class_labels": torch.arange(128) % 3}
-    ref, _ = reference_solve(G, x, SMAX, guided.sigma_floor, cond, 1e-7)
+    ref, _ = reference_solve(G, x, SMAX, guided.sigma_floor, cond, 1e-6)
     err = {k: grid_error(G, x, g, "dpmpp_2m", ref, cond=cond) for k, g in
            (("guided", guided.sigmas), ("unguided", unguided.sigmas), ("karras", karras_grid(6, SMIN, SMAX)))}
     assert err["guided"] < 0.5 * min(err["unguided"], err["karras"]), err
