@@ -398,7 +398,11 @@ def parse_args(argv=None):
     ap.add_argument("--digits-samplers", default="dpmpp_2m,unipc")
     ap.add_argument("--digits-tune-samples", type=int, default=128)
     ap.add_argument("--digits-max-evals", type=int, default=300, help="K-step solves of the digits grid search")
-    ap.add_argument("--skip-mixtures", action="store_true", help="only the digits section")
+    ap.add_argument("--toy", metavar="RUN", help="also the 2-D run section (e.g. the default moons run): sliced W2 "
+                                                 "of 10-NFE samplers on Karras and tuned grids vs the run's default")
+    ap.add_argument("--toy-samplers", default="dpmpp_3m,unipc")
+    ap.add_argument("--toy-n", type=int, default=5000, help="samples (and held-out examples) for sliced W2")
+    ap.add_argument("--skip-mixtures", action="store_true", help="only the digits / toy sections")
     ap.add_argument("--dims", default="2,16", help="which mixtures: 2, 16 or both (2,16)")
     ap.add_argument("--plot-grids", metavar="PNG", help="only plot the tuned grids against Karras's from the JSON "
                                                         "files in benchmarks/results/ (samplers*.json) to PNG")
@@ -470,14 +474,46 @@ def main(argv=None):
         results["digits"] = digits_section(args.digits, [int(v) for v in args.digits_nfe.split(",")],
                                            args.digits_samplers.split(","), args.digits_tune_samples,
                                            {**tune_options, "max_evals": args.digits_max_evals})
+    if args.toy:
+        results["toy"] = toy_section(args.toy, args.toy_samplers.split(","), args.toy_n)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    name = "samplers" if not args.skip_mixtures else "samplers-digits"
+    name = "samplers" if not args.skip_mixtures else f"samplers-{'digits' if args.digits else 'toy'}"
     if dims and dims != (2, 16):
         name = f"samplers-{'-'.join(map(str, dims))}d"
     (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=1))
     if not args.skip_mixtures:
         plot(results)
     print(f"\nwrote {RESULTS / (name + '.json')} ({time.time() - t_all:.0f}s)")
+
+
+def toy_section(run_path: str, samplers, n: int, nfe: int = 10) -> dict:
+    """A trained 2-D run: sliced W2 to the held-out split (``unidm eval``'s metric) of ``n`` samples with the
+    run's own sampling settings and with each sampler at ``nfe`` NFE on the Karras grid and on a grid tuned by
+    ``unidm tune-grid`` (``tuned_grid_for_run``, 256 calibration noises, stored in the run folder)."""
+    from unidm.evaluation.sample_quality import evaluate_samples
+    from unidm.run import load_run, load_tuned_grid, tuned_grid_for_run
+
+    run = load_run(run_path)
+    m, s = run.model, run.config.sample
+    rows = []
+
+    def sw(sampler, steps, grid, **extra) -> float:
+        x = m.generate(n, seeds=range(n), sampler=sampler, steps=steps, grid=grid, **extra)
+        return evaluate_samples(x.cpu(), run.data)["metrics"]["sliced_w2"]
+
+    print(f"\n## {run_path} (step {run.step}): sliced W2 of {n} samples", flush=True)
+    default = sw(s.sampler, s.steps, s.grid)
+    print(f"  default {s.sampler} {s.steps} steps: {default['value']:.4f} (floor {default['floor']:.4f})", flush=True)
+    for sampler in samplers:
+        tuned, info = tuned_grid_for_run(run, sampler, nfe, progress=False)
+        grid = load_tuned_grid(run, sampler, tuned.steps)
+        k, t = sw(sampler, tuned.steps, "karras")["value"], sw(sampler, tuned.steps, "tuned",
+                                                                 grid_options={"tuned": grid})["value"]
+        rows.append({"sampler": sampler, "nfe": tuned.nfe, "karras": k, "tuned": t, "tune_seconds": tuned.seconds,
+                     "cached": info["cached"], "sigmas": [float(v) for v in tuned.sigmas]})
+        print(f"  {sampler} {tuned.nfe} NFE: Karras {k:.4f}, tuned {t:.4f} ({t / default['value']:.2f}x the default; "
+              f"tuning {tuned.seconds:.0f} s{', cached' if info['cached'] else ''})", flush=True)
+    return {"run": run_path, "n": n, "default": {"sampler": s.sampler, "steps": s.steps, **default}, "rows": rows}
 
 
 def plot_grids(out: str) -> None:
