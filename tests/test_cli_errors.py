@@ -258,6 +258,20 @@ def test_resume_with_another_preset_names_the_keys(capsys, edm_run):
     assert folder_digest(edm_run) == before, "config.json (or something else) changed"
 
 
+def test_resume_with_the_same_preset_named_again(capsys, edm_run, tmp_path):
+    """``unidm train PRESET --out RUN --resume`` with the run's own preset and overrides continues it: the data
+    summary stored at the start (``data_info``) is not a setting a preset could differ in."""
+    run = tmp_path / "run"
+    shutil.copytree(edm_run, run)
+    items = [i for i in TINY if not i.startswith("train.steps=")]
+    rc, out, err = cli(capsys, "train", "moons-edm", *items, *TOY_DATA, "train.steps=22", "--out", run, "--resume")
+    assert rc == 0, err
+    assert "resumed from" in out + err and "trained 22 steps" in out
+    rc, _, err = cli(capsys, "train", "moons-edm", *items, *TOY_DATA, "train.steps=24", "train.lr=0.5",
+                     "--out", run, "--resume")
+    assert rc == 2 and "train.lr" in err and "data_info" not in err
+
+
 def test_resume_below_reached_step(capsys, edm_run):
     before = folder_digest(edm_run)
     assert_refused(cli(capsys, "train", "--out", edm_run, "--resume", "train.steps=10"), "train.steps", "20")

@@ -154,7 +154,9 @@ def _train_config(args):
         cfg = apply_overrides(stored, overrides) if source is None else _load_config(source, overrides)
         if args.device:
             cfg.train.device = args.device
-        cfg = resolve_data_paths(cfg)
+        cfg = _absolute_frozen_runs(resolve_data_paths(cfg))
+        if source is not None:  # derived from the data at the start; a preset or config file does not hold it
+            cfg.data_info = stored.data_info
         for line in check_resume(stored, cfg, _reached_step(args.out)):
             print(f"resume: {line}")
         return cfg, args.out
@@ -163,21 +165,28 @@ def _train_config(args):
         cfg.train.device = args.device
     out = args.out or os.path.join("runs", safe_run_name(cfg.name or "run"))
     check_run_folder(out, resume=False)
-    return resolve_data_paths(cfg), out
+    return _absolute_frozen_runs(resolve_data_paths(cfg)), out
+
+
+def _absolute_frozen_runs(cfg):
+    """A frozen run's folder (a family's ``frozen_keys``) stored absolute, like data paths."""
+    from .methods import FAMILIES
+
+    for key in getattr(FAMILIES.get(cfg.family), "frozen_keys", ()):
+        if isinstance(cfg.method.get(key), str):
+            cfg.method[key] = os.path.abspath(cfg.method[key])
+    return cfg
 
 
 def cmd_train(args) -> int:
     from .config import validate_config
     from .evaluation.plots import plot_samples
-    from .methods import FAMILIES, DenoisingModel, GenerativeModel
+    from .methods import DenoisingModel, GenerativeModel
     from .run import build_data, build_model, data_info, load_run
     from .train import train
 
     cfg, out = _train_config(args)
     validate_config(cfg)
-    for key in FAMILIES[cfg.family].frozen_keys:  # a frozen run's folder is stored absolute, like data paths
-        if isinstance(cfg.method.get(key), str):
-            cfg.method[key] = os.path.abspath(cfg.method[key])
     data = build_data(cfg)
     cfg.data_info = data_info(data)
     model = build_model(cfg, data)
