@@ -23,15 +23,9 @@ from ..processes.deletion import DELETION_SCHEDULES, delete_tokens
 from ..utils import as_options, check_choice, check_kwargs, valid_kwargs
 from .base import GenerativeModel, TrainableModel
 from .deletion_sampling import DELETION_SAMPLERS, DeletionSample
+from .token_sampling import categorical
 
 __all__ = ["DeletionDiffusion", "DELETION_FAMILIES"]
-
-
-def _categorical(logits: Tensor, u: Tensor) -> Tensor:
-    """Inverse-CDF draw from ``softmax(logits [b, K])`` with uniforms ``u [b]`` (``-inf`` logits never drawn)."""
-    cdf = torch.softmax(logits.double(), dim=-1).cumsum(-1)
-    cdf = cdf / cdf[:, -1:]
-    return torch.searchsorted(cdf, u[:, None].double().contiguous()).squeeze(-1).clamp_max(logits.shape[-1] - 1)
 
 
 class DeletionDiffusion(GenerativeModel):
@@ -186,7 +180,7 @@ class DeletionDiffusion(GenerativeModel):
                 allowed = allowed & ~((symbols[None] == self.end_id) & (need > 0)[:, None])
                 forced = (need > 0) & (need >= length_max - i)
                 allowed = torch.where(forced[:, None], symbols[None] == nxt[:, None], allowed)
-            tok = _categorical(logits.masked_fill(~allowed, -float("inf")), u[:, i])
+            tok = categorical(torch.softmax(logits.masked_fill(~allowed, -float("inf")), dim=-1), u[:, i].double())
             ends = ~done & (tok == self.end_id)
             length = torch.where(ends, torch.full_like(length, i), length)
             done = done | ends

@@ -30,6 +30,7 @@ from torch import Tensor
 
 from ..processes.deletion import keep_tokens, reinsert_probability
 from ..rng import Generators, rand
+from .token_sampling import check_alpha_grid
 
 __all__ = ["Predict", "DeletionSample", "sample_embedding", "sample_deletion_nested", "sample_deletion_baseline",
            "DELETION_SAMPLERS"]
@@ -98,16 +99,9 @@ def sample_embedding(x_t: Tensor, length_t: Tensor, x0: Tensor, length0: Tensor,
     return taken
 
 
-def _check_grid(alphas: Tensor) -> None:
-    if alphas.dim() != 1 or len(alphas) < 2:
-        raise ValueError("alphas must be a 1-D grid of at least two values from t = 1 down to t = 0")
-    if bool((alphas[1:] < alphas[:-1]).any()):
-        raise ValueError("alphas must be non-decreasing along the grid (t decreasing)")
-
-
 def _walk(predict: Predict, x: Tensor, length: Tensor, alphas: Tensor, pad_id: int, generator: Generators,
           constrain: bool, temperature: float, step: Callable, callback) -> DeletionSample:
-    _check_grid(alphas)
+    check_alpha_grid(alphas)
     alphas = alphas.double()
     n, length_max = x.shape
     rows = torch.arange(n, device=x.device)
