@@ -100,6 +100,16 @@ def test_samples_are_per_seed():
     assert x.dtype == torch.long and int(x.max()) < 5
 
 
+def test_a_step_count_does_not_change_the_draw():
+    """One ancestral pass: ``steps`` is checked like every family's and then does not apply."""
+    vae = tiny_vae(dim=8, levels=5)
+    assert torch.equal(vae.generate(3, seeds=[1, 2, 3], steps=7), vae.generate(3, seeds=[1, 2, 3]))
+    with pytest.raises(ValueError, match="whole number >= 1"):
+        vae.generate(1, seeds=[0], steps=0)
+    with pytest.raises(ValueError, match="unknown sampler"):
+        vae.generate(1, seeds=[0], sampler="euler")
+
+
 def test_likelihood_face():
     vae = tiny_vae(dim=6)
     x = all_points(vae)[:20]

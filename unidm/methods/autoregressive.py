@@ -149,7 +149,6 @@ class AutoregressiveModel(DensityModel):
     """
 
     samplers: ClassVar[Mapping] = {"ancestral": ancestral}
-    default_sampling: ClassVar[Mapping] = {"sampler": "ancestral", "steps": 1, "grid": "uniform-t"}
     sampler_seed_offset: ClassVar[int] = 48_611
     network_options: ClassVar[tuple[str, ...]] = ()
 

@@ -14,6 +14,7 @@ face                          what it promises
                               ``exact`` | ``ode`` | ``bound``, NFE); ``likelihood_methods()``
 :class:`DenoisingModel`       + ``denoiser`` ``D(x, sigma, **cond)`` and ``process``: guidance wrappers and
                               every sampler of :mod:`unidm.samplers` apply
+:class:`DirectSampling`       + ``generate`` by one pass of ``sample(n, seeds=...)``; no steps, no grid
 :class:`DensityModel`         + exact ``log_prob(x)`` and ``sample(n, seeds)``: one dequantization for all
 ============================  ===========================================================================
 """
@@ -31,7 +32,7 @@ from ..rng import Generators, rand, seed_generators
 from ..utils import check_choice
 
 __all__ = ["TrainableModel", "GenerativeModel", "SupportsLikelihood", "DenoisingModel", "DensityModel",
-           "SamplingPlan", "check_option_values", "check_positive"]
+           "DirectSampling", "SamplingPlan", "check_option_values", "check_positive"]
 
 
 def check_positive(value: Any, key: str) -> float:
@@ -205,8 +206,13 @@ class GenerativeModel(TrainableModel):
     def generate(self, n: int, *, seeds: Sequence[int] | None = None, generator: torch.Generator | None = None,
                  sampler: str | None = None, steps: int | None = None, grid: str | None = None,
                  **options) -> Tensor:
-        """``n`` samples ``[n, *data_shape]`` in data space."""
-        raise NotImplementedError
+        """``n`` samples ``[n, *data_shape]`` in data space.
+
+        The default serves a family whose ``sample(n, seeds=, generator=, sampler=, steps=, grid=, **options)``
+        returns a result with the samples in ``x`` (the token and deletion families: ``sample`` also reports the
+        network evaluations); a family that draws otherwise overrides it."""
+        return self.sample(n, seeds=seeds, generator=generator, sampler=sampler, steps=steps, grid=grid,
+                           **options).x
 
     def resolve_sampler(self, name: str) -> str:
         """The canonical name of sampler ``name`` (an alias resolves), or one line listing the valid ones."""
@@ -290,16 +296,22 @@ class DenoisingModel(GenerativeModel):
     label_dropout: float = 0.0
 
 
-class DensityModel(GenerativeModel, SupportsLikelihood):
-    """An exact-likelihood family (autoregressive models, normalizing flows): ``log_prob(x) -> [B]`` nats and
-    ``sample(n, seeds=...)``. Its ``likelihood`` is ``log_prob`` of the dequantized data plus the bin volume
-    (:func:`unidm.likelihood.dequantized_log_prob`), the same bound the diffusion ODE reports."""
+class DirectSampling(GenerativeModel):
+    """A family that draws a sample in one pass of its own ``sample(n, seeds=, generator=, **options) ->
+    [n, *data_shape]`` (ancestral sampling of the autoregressive models and the VAE, the inverse of a flow).
 
-    samplers: ClassVar[Mapping[str, Callable]] = {}
+    :meth:`generate` checks the choice (:meth:`~GenerativeModel.check_sampling`: the family's one sampler, its
+    options) and draws in eval mode. There is no step count and no grid: ``steps`` (a whole number >= 1) and the
+    grid are checked like every family's, so one command line serves all families, and then do not change the
+    draw (``generate(n, seeds=s, steps=2)`` equals ``generate(n, seeds=s)``).
+
+    Example:
+        >>> from unidm.methods.vae import VAE
+        >>> issubclass(VAE, DirectSampling), issubclass(DensityModel, DirectSampling)
+        (True, True)
+    """
+
     default_sampling: ClassVar[Mapping[str, Any]] = {"sampler": "ancestral", "steps": 1, "grid": "uniform-t"}
-
-    def log_prob(self, x: Tensor) -> Tensor:
-        raise NotImplementedError
 
     def sample(self, n: int, *, seeds: Sequence[int] | None = None,
                generator: torch.Generator | None = None) -> Tensor:
@@ -309,9 +321,22 @@ class DensityModel(GenerativeModel, SupportsLikelihood):
     def generate(self, n: int, *, seeds: Sequence[int] | None = None, generator: torch.Generator | None = None,
                  sampler: str | None = None, steps: int | None = None, grid: str | None = None,
                  **options) -> Tensor:
-        self.check_sampling(sampler, steps, grid, options)
+        """``n`` samples ``[n, *data_shape]`` from :meth:`sample` with the sampler's options (``steps`` and the
+        grid do not apply: class docstring)."""
+        plan = self.check_sampling(sampler, steps, grid, options)
         with self.evaluating():
-            return self.sample(n, seeds=seeds, generator=generator)
+            return self.sample(n, seeds=seeds, generator=generator, **plan.options)
+
+
+class DensityModel(DirectSampling, SupportsLikelihood):
+    """An exact-likelihood family (autoregressive models, normalizing flows): ``log_prob(x) -> [B]`` nats and
+    ``sample(n, seeds=...)`` (:class:`DirectSampling`). Its ``likelihood`` is ``log_prob`` of the dequantized data
+    plus the bin volume (:func:`unidm.likelihood.dequantized_log_prob`), the same bound the diffusion ODE reports."""
+
+    samplers: ClassVar[Mapping[str, Callable]] = {}
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
 
     def likelihood_methods(self) -> dict[str, str]:
         return {"exact": "exact"}

@@ -214,14 +214,6 @@ class DeletionDiffusion(GenerativeModel):
                                                    self.pad_id, generator=self.sample_generators(seeds, generator),
                                                    **plan.options)
 
-    @torch.no_grad()
-    def generate(self, n: int, *, seeds: Sequence[int] | None = None, generator: torch.Generator | None = None,
-                 sampler: str | None = None, steps: int | None = None, grid: str | None = None,
-                 **options) -> Tensor:
-        """``n`` padded sequences ``[n, L]`` (symbols, then the pad id ``V``)."""
-        return self.sample(n, seeds=seeds, generator=generator, sampler=sampler, steps=steps, grid=grid,
-                           **options).x
-
     @classmethod
     def from_config(cls, model_cfg: dict, method_cfg: dict, data,
                     frozen: dict[str, TrainableModel] | None = None) -> "DeletionDiffusion":

@@ -136,15 +136,6 @@ class FlowModel(DensityModel):
         z = randn((n, *self.latent_shape), gens, dtype=self.dtype, device=self.device)
         return sample_inverse(self.inverse, z, temperature=temperature)
 
-    @torch.no_grad()
-    def generate(self, n: int, *, seeds: Sequence[int] | None = None, generator: torch.Generator | None = None,
-                 sampler: str | None = None, steps: int | None = None, grid: str | None = None,
-                 **options) -> Tensor:
-        """``n`` samples by ``inverse`` (the only sampler; ``steps`` and the grid do not apply)."""
-        plan = self.check_sampling(sampler, steps, grid, options)
-        with self.evaluating():
-            return self.sample(n, seeds=seeds, generator=generator, **plan.options)
-
     # --- training ----------------------------------------------------------------------------------------------
     def loss(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> Tensor:
         """Negative log-likelihood in nats per dimension ``[B]``; on discrete data of the uniformly dequantized

@@ -5,7 +5,7 @@ Both corrupt each token of a sequence of ``vocab_size`` symbols independently wi
 a network for ``p(x0 | x_t)`` on the negative ELBO (Austin et al. 2021, D3PM eq. 1; Shi et al. 2024, MD4 eq. 4),
 and score held-out tokens with a Monte-Carlo estimate of that bound. :class:`TokenDiffusion` holds the pieces that
 do not depend on the corruption: building from a run config, the schedule and its options, the training times,
-class labels, :meth:`~TokenDiffusion.generate`, bits per token and the ``elbo`` likelihood face. A family supplies
+class labels, ``generate`` (:meth:`GenerativeModel.generate`), bits per token and the ``elbo`` likelihood face. A family supplies
 ``loss``, ``nelbo`` and ``sample`` (:mod:`unidm.methods.masked`, :mod:`unidm.methods.uniform`).
 """
 
@@ -126,14 +126,6 @@ class TokenDiffusion(GenerativeModel, SupportsLikelihood):
 
     def sample(self, n: int, **kwargs) -> TokenSample:
         raise NotImplementedError
-
-    @torch.no_grad()
-    def generate(self, n: int, *, seeds: Sequence[int] | None = None, generator: torch.Generator | None = None,
-                 sampler: str | None = None, steps: int | None = None, grid: str | None = None,
-                 **options) -> Tensor:
-        """``n`` token sequences ``[n, L]`` (see ``sample``, which also reports the network evaluations)."""
-        return self.sample(n, seeds=seeds, generator=generator, sampler=sampler, steps=steps, grid=grid,
-                           **options).x
 
     @classmethod
     def from_config(cls, model_cfg: dict, method_cfg: dict, data,

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from ..rng import Generators, randn
 from .autoregressive import DiscreteData, ancestral, sample_categorical, split_options
-from .base import GenerativeModel, SupportsLikelihood, TrainableModel
+from .base import DirectSampling, SupportsLikelihood, TrainableModel
 
 __all__ = ["VAE", "VAE_FAMILIES"]
 
@@ -58,7 +58,7 @@ def _log_normal(z: Tensor, mu: Tensor, log_var: Tensor) -> Tensor:
     return -0.5 * ((z - mu) ** 2 * torch.exp(-log_var) + log_var + _LOG_2PI).sum(-1)
 
 
-class VAE(GenerativeModel, SupportsLikelihood):
+class VAE(DirectSampling, SupportsLikelihood):
     """VAE with a Gaussian encoder and a categorical decoder over the data's levels (module docstring).
 
     Args:
@@ -68,7 +68,6 @@ class VAE(GenerativeModel, SupportsLikelihood):
 
     family = "vae"
     samplers: ClassVar[Mapping] = {"ancestral": ancestral}
-    default_sampling: ClassVar[Mapping] = {"sampler": "ancestral", "steps": 1, "grid": "uniform-t"}
     sampler_seed_offset = 51_109
     network_options: ClassVar[tuple[str, ...]] = ("hidden", "depth", "latent")
 
@@ -141,14 +140,6 @@ class VAE(GenerativeModel, SupportsLikelihood):
         gens = self.sample_generators(seeds, generator)
         z = randn((n, self.latent), gens, self._dtype(), self.device)
         return self.codec.to_data(sample_categorical(self.decode(z), gens))
-
-    @torch.no_grad()
-    def generate(self, n: int, *, seeds: Sequence[int] | None = None, generator: torch.Generator | None = None,
-                 sampler: str | None = None, steps: int | None = None, grid: str | None = None,
-                 **options) -> Tensor:
-        self.check_sampling(sampler, steps, grid, options)
-        with self.evaluating():
-            return self.sample(n, seeds=seeds, generator=generator)
 
     # --- the likelihood face --------------------------------------------------------------------------------------
     def likelihood_methods(self) -> dict[str, str]:
