@@ -240,6 +240,26 @@ def test_subs_parameterization_and_bits_per_token():
     assert model.bits_per_token(torch.randint(0, 4, (200, 6)), n_t=8) == pytest.approx(2.0, abs=0.08)
 
 
+@pytest.mark.parametrize("family", ["masked", "uniform"])
+def test_likelihood_scores_the_tokens_on_the_models_device(family, monkeypatch):
+    """The bound runs where the model is: ``likelihood`` hands ``nelbo`` the tokens on the model's device (faked as
+    ``meta`` here, so a CPU run catches tokens left on the CPU)."""
+    from unidm.methods.uniform import UniformDiffusion
+
+    cls = MaskedDiffusion if family == "masked" else UniformDiffusion
+    model = cls(TokenMLP(vocab_size=4 + cls.extra_input_ids, seq_len=3, hidden=8, depth=1), 4, data_shape=(3,))
+    seen = []
+
+    def nelbo(x0, **kwargs):
+        seen.append(x0.device)
+        return torch.zeros(len(x0), dtype=torch.float64)
+
+    monkeypatch.setattr(cls, "device", property(lambda self: torch.device("meta")))
+    monkeypatch.setattr(model, "nelbo", nelbo)
+    model.likelihood(torch.zeros(2, 3, dtype=torch.long), n_t=2)
+    assert seen == [torch.device("meta")]
+
+
 # --------------------------------------------------------------------------------------------------- data, metrics
 
 

@@ -78,8 +78,8 @@ class TokenDiffusion(GenerativeModel, SupportsLikelihood):
 
     # --- likelihood --------------------------------------------------------------------------------------------
     def elbo_tokens(self, x: Tensor) -> Tensor:
-        """``x`` as the long tokens the bound scores (a family may check them here)."""
-        return x.long()
+        """``x`` as the long tokens the bound scores, on the model's device (a family may check them here)."""
+        return x.long().to(self.device)
 
     def nelbo(self, x0: Tensor, *, n_t: int = 16, generator: torch.Generator | None = None,
               class_labels: Tensor | None = None) -> Tensor:
