@@ -52,8 +52,11 @@ def sample_adaptive(
     B = x.shape[0]
     u = torch.full((B,), u0, dtype=torch.float64, device=x.device)
 
-    def f(xa: Tensor, ua: Tensor) -> Tensor:
-        return xa - denoise(denoiser, xa, ua.exp(), cond)
+    def f(xa: Tensor, ua: Tensor, rows: Tensor | None = None) -> Tensor:
+        # per-sample conditioning (class labels) follows the samples still running
+        c = cond if rows is None or not cond else {
+            k: v[rows] if isinstance(v, Tensor) and v.ndim > 0 and v.shape[0] == B else v for k, v in cond.items()}
+        return xa - denoise(denoiser, xa, ua.exp(), c)
 
     k1 = f(x, u)
     if u1 < u0:
@@ -82,7 +85,7 @@ def sample_adaptive(
             ks = [k1[idx]]
             for j in range(1, 7):
                 xj = xa + hx * sum(a * k for a, k in zip(_A[j], ks) if a != 0.0)
-                ks.append(f(xj, ua + _C[j] * ha))
+                ks.append(f(xj, ua + _C[j] * ha, idx))
             x_new = xj  # stage 7 sits at the 5th-order solution (FSAL)
             err = hx * sum(e * k for e, k in zip(_E, ks) if e != 0.0)
             err = _rms(err / (atol + rtol * torch.maximum(xa.abs(), x_new.abs()))).double()
