@@ -137,6 +137,7 @@ def test_reflow_distill_end_to_end_and_the_parent_untouched(parent, tmp_path, ca
     assert cfg["data"]["name"] == "pairs" and cfg["data"]["parent"] == os.path.abspath(parent)
     assert cfg["data"]["digest"] == read_manifest(os.path.join(rf2, "pairs"))["digest"]
     assert cfg["method"]["fixed_pairs"] is True and cfg["family"] == "gaussian"
+    assert cfg["method"]["noise_levels"] == "uniform-t" and "noise_options" not in cfg["method"]  # Liu et al.'s t
     assert main(["reflow", rf2, "--out", rf3, *common]) == 0  # 3-RF
     assert json.load(open(os.path.join(rf3, "config.json")))["data"]["base"] == cfg["data"]["base"]
     assert main(["distill", rf2, "--out", student, "--steps", "1", "--pairs-from", rf3, *common]) == 0
