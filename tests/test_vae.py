@@ -136,3 +136,42 @@ def test_bad_data_is_refused_with_one_line():
     with pytest.raises(ValueError, match="unknown model option"):
         VAE.from_config({"latent_dim": 3}, {}, Dataset("b", torch.randint(2, (9, 4)), torch.randint(2, (3, 4)),
                                                       kind="tokens", vocab_size=2))
+
+
+def test_likelihood_command_takes_the_family_options(tmp_path, capsys):
+    """``unidm likelihood RUN --option samples=S``: the IWAE bound with S importance samples, the same numbers as
+    ``likelihood(x, samples=S)`` on the same examples and seed; an option the method does not take is refused."""
+    import json
+
+    from unidm.cli import main
+    from unidm.config import apply_overrides
+    from unidm.presets import get_preset
+    from unidm.run import build_data, build_model, load_run
+    from unidm.train import train
+
+    cfg = apply_overrides(get_preset("binary-digits-vae"),
+                          ["model.hidden=8", "model.latent=2", "train.steps=2", "train.batch_size=8",
+                           "train.warmup=0", "train.ema_decay=0", "train.progress=false", "train.num_threads=1"])
+    data, run = build_data(cfg), str(tmp_path / "vae")
+    train(build_model(cfg, data), data, cfg.train, run, config_dict=cfg.to_dict(), log=lambda _: None)
+
+    def cli(*argv):
+        capsys.readouterr()
+        rc = main(["likelihood", run, "-n", "6", *argv])
+        out, err = capsys.readouterr()
+        return rc, out, err
+
+    rc, out, _ = cli("--option", "samples=3", "--json")
+    report = json.loads(out)
+    assert rc == 0 and report["method"] == "iwae" and report["nfe_mean"] == 3
+    loaded = load_run(run)
+    x = loaded.data.test[:6]
+    want = loaded.model.likelihood(x, generator=torch.Generator().manual_seed(0), samples=3).nll.double().mean()
+    assert report["nll_nats"]["mean"] == pytest.approx(float(want), rel=1e-12)
+    rc, out, _ = cli("--method", "elbo", "--option", "samples=2", "--json")
+    assert rc == 0 and json.loads(out)["nfe_mean"] == 2
+    for argv, words in ((["--option", "k=3"], ("'k'", "valid: samples")),
+                        (["--option", "samples"], ("not key=value",)),
+                        (["--option", "n_t=2", "--n-t", "2"], ("--option", "--n-t"))):
+        rc, _, err = cli(*argv)
+        assert rc == 2 and all(w in err for w in words) and len(err.strip().splitlines()) == 1, err

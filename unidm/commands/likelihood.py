@@ -1,5 +1,5 @@
 """``unidm likelihood DIR [--split test | --data FILE.npy] [--out FILE.npz] [--method M] [--exact | --hutchinson K]
-[--elbo [--steps K] [--variance V] [--trajectory T]]``: held-out log-likelihood of a run, or of the user's own
+[--option KEY=VALUE ...] [--elbo [--steps K] [--variance V] [--trajectory T]]``: held-out log-likelihood of a run, or of the user's own
 array, through the family's declared likelihood (:class:`unidm.methods.SupportsLikelihood`).
 
 A Gaussian diffusion / flow model goes through the probability-flow ODE (``ode``, :func:`unidm.likelihood.
@@ -8,6 +8,10 @@ and uniform-replacement diffusion through their ELBO in bits per token; an exact
 (:class:`unidm.methods.DensityModel`) through its ``log_prob``. For quantized data (``data.meta["levels"]``, or
 ``--levels K``) every number is bits/dim of the *discrete* data, through the same uniform dequantization. A family
 without a likelihood (blur diffusion, a noisy classifier) is refused with one line.
+
+``--option KEY=VALUE`` (repeatable) passes any option of the method scored, checked against the family's
+``likelihood_options(method)`` (e.g. ``--option samples=1000``, the VAE's importance samples ``S``), with the values
+parsed as ``unidm compare --option`` parses them.
 
 The ELBO flags ``--steps``, ``--variance`` and ``--trajectory`` (the K-step bound of
 :func:`unidm.likelihood.kstep_elbo`, Analytic-DPM's variance, the ELBO-optimal ``dp`` trajectory) go to the family's
@@ -61,6 +65,10 @@ def add_arguments(parser: argparse.ArgumentParser, positive_int, device) -> None
     parser.add_argument("--sigma-max", type=float, help="ODE: prior end (default: the process's sigma_max)")
     parser.add_argument("--n-t", type=positive_int, help="token ELBO (masked, uniform diffusion): time "
                                                              "draws per sequence (default 16)")
+    parser.add_argument("--option", action="append", metavar="KEY=VALUE",
+                        help="a likelihood option of the run's family (repeatable), as unidm compare takes them, "
+                             "e.g. samples=1000 (the VAE's importance samples); one the method does not take is "
+                             "refused, naming those it takes")
     parser.add_argument("--levels", type=positive_int, help="quantization levels of the data (default: the "
                                                              "dataset's, if quantized)")
     parser.add_argument("--elbo", action="store_true", help="also report the ELBO (families that have one)")
@@ -87,10 +95,19 @@ def _summary(values: Tensor) -> dict:
 
 
 def _options(args: argparse.Namespace) -> dict:
-    """The estimator options the user set (unset ones keep the family's defaults)."""
+    """The estimator options the user set, by their flags or ``--option KEY=VALUE`` (parsed as ``unidm compare``
+    parses them; unset ones keep the family's defaults). An option given both ways is refused."""
+    from ..cli import _option_items
+
     names = {"hutchinson": "hutchinson", "probe": "probe", "rtol": "rtol", "atol": "atol", "sigma_min": "sigma_min",
              "sigma_max": "sigma_max", "n_t": "n_t"}
-    return {key: getattr(args, attr) for key, attr in names.items() if getattr(args, attr, None) is not None}
+    options = {key: getattr(args, attr) for key, attr in names.items() if getattr(args, attr, None) is not None}
+    items = _option_items(getattr(args, "option", None))
+    both = sorted(set(items) & set(options))
+    if both:
+        raise ValueError(f"{', '.join(both)} given both by --option and by its flag "
+                         f"({', '.join('--' + k.replace('_', '-') for k in both)}); give it once")
+    return {**options, **items}
 
 
 def _elbo_options(args: argparse.Namespace) -> dict:
