@@ -32,7 +32,7 @@ from ..rng import Generators, rand, seed_generators
 from ..utils import check_choice
 
 __all__ = ["TrainableModel", "GenerativeModel", "SupportsLikelihood", "DenoisingModel", "DensityModel",
-           "DirectSampling", "SamplingPlan", "check_option_values", "check_positive"]
+           "DirectSampling", "SamplingPlan", "check_option_values", "check_positive", "pop_conditional"]
 
 
 def check_positive(value: Any, key: str) -> float:
@@ -42,6 +42,26 @@ def check_positive(value: Any, key: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
         raise ValueError(f"{key} must be a finite number > 0, got {value!r}")
     return float(value)
+
+
+def pop_conditional(method: dict, data) -> int:
+    """Take ``conditional`` (default false) out of a run config's ``method`` section: the number of classes the
+    model conditions on, the dataset's or 0; ``conditional=true`` on a dataset without labels is refused.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> method = {"conditional": True, "schedule": "linear"}
+        >>> pop_conditional(method, SimpleNamespace(name="digits", num_classes=10)), method
+        (10, {'schedule': 'linear'})
+        >>> pop_conditional({"conditional": True}, SimpleNamespace(name="moons", num_classes=0))
+        Traceback (most recent call last):
+        ...
+        ValueError: method.conditional=true but dataset 'moons' has no labels
+    """
+    conditional = bool(method.pop("conditional", False))
+    if conditional and data.num_classes == 0:
+        raise ValueError(f"method.conditional=true but dataset {data.name!r} has no labels")
+    return data.num_classes if conditional else 0
 
 
 class TrainableModel(nn.Module):

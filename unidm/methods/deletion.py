@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from ..processes.deletion import DELETION_SCHEDULES, delete_tokens
-from ..utils import as_options, check_choice, check_kwargs, valid_kwargs
+from ..utils import as_options, check_choice, check_kwargs
 from .base import GenerativeModel, TrainableModel
 from .deletion_sampling import DELETION_SAMPLERS, DeletionSample
 from .token_sampling import categorical
@@ -232,10 +232,9 @@ class DeletionDiffusion(GenerativeModel):
         check_choice(arch, NETWORKS, "model.arch")
         if "encode" not in vars(NETWORKS[arch]):
             raise ValueError(f"family 'deletion' needs an encoder-decoder network (model.arch=seq2seq), got {arch!r}")
-        if "out_size" in valid_kwargs(NETWORKS[arch]):
-            model.setdefault("out_size", data.vocab_size + 1)
         max_len = data.shape[0]
-        net = build_network(arch, {"vocab_size": data.vocab_size + 2, "seq_len": max_len + 1}, **model)
+        net = build_network(arch, {"vocab_size": data.vocab_size + 2, "seq_len": max_len + 1,
+                                   "out_size": data.vocab_size + 1}, **model)
         return cls(net, data.vocab_size, max_len=max_len, itos=data.meta.get("itos"), **method)
 
 

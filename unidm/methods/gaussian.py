@@ -17,7 +17,7 @@ from ..parameterization import PARAMETERIZATIONS
 from ..processes import NOISE_LEVELS, PROCESSES, VPDiscrete, build_process
 from ..samplers import ALIASES, GRIDS, METHODS, check_sampler, make_grid, sample
 from ..utils import as_options, check_choice, check_kwargs
-from .base import DenoisingModel, SupportsLikelihood, TrainableModel, check_positive
+from .base import DenoisingModel, SupportsLikelihood, TrainableModel, check_positive, pop_conditional
 
 __all__ = ["GaussianDiffusion"]
 
@@ -260,9 +260,7 @@ class GaussianDiffusion(DenoisingModel, SupportsLikelihood):
         from ..nn import build_network
 
         method = dict(method_cfg)
-        conditional = bool(method.pop("conditional", False))
-        if conditional and data.num_classes == 0:
-            raise ValueError(f"method.conditional=true but dataset {data.name!r} has no labels")
+        num_classes = pop_conditional(method, data)
         if method.get("sigma_data", "auto") == "auto":
             method["sigma_data"] = round(data.std, 4)
         if "noise" in data.train_tensors():  # a stored coupling (z, x1): the batches carry the noise
@@ -275,7 +273,6 @@ class GaussianDiffusion(DenoisingModel, SupportsLikelihood):
         check_kwargs(cls, method, "method option for family 'gaussian'", exclude=("net", "num_classes", "data_shape"))
         model = dict(model_cfg)
         arch = model.pop("arch", "mlp")
-        num_classes = data.num_classes if conditional else 0
         derived = {"dim": int(torch.tensor(data.shape).prod()), "in_channels": data.shape[0],
                    "image_size": data.shape[-1], "num_classes": num_classes}
         net = build_network(arch, derived, **model)

@@ -5,8 +5,9 @@ Both corrupt each token of a sequence of ``vocab_size`` symbols independently wi
 a network for ``p(x0 | x_t)`` on the negative ELBO (Austin et al. 2021, D3PM eq. 1; Shi et al. 2024, MD4 eq. 4),
 and score held-out tokens with a Monte-Carlo estimate of that bound. :class:`TokenDiffusion` holds the pieces that
 do not depend on the corruption: building from a run config, the schedule and its options, the training times,
-class labels, ``generate`` (:meth:`GenerativeModel.generate`), bits per token and the ``elbo`` likelihood face. A family supplies
-``loss``, ``nelbo`` and ``sample`` (:mod:`unidm.methods.masked`, :mod:`unidm.methods.uniform`).
+class labels, bits per token and the ``elbo`` likelihood face. A family supplies ``loss``, ``nelbo`` and ``sample``
+(:mod:`unidm.methods.masked`, :mod:`unidm.methods.uniform`); ``generate`` is :meth:`GenerativeModel.generate`'s
+default (the samples of ``sample``'s result).
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ import torch
 from torch import Tensor, nn
 
 from ..processes.absorbing import MASKING_SCHEDULES, MaskingSchedule
-from ..utils import as_options, check_choice, check_kwargs, valid_kwargs
-from .base import GenerativeModel, SupportsLikelihood, TrainableModel
+from ..utils import as_options, check_choice, check_kwargs
+from .base import GenerativeModel, SupportsLikelihood, TrainableModel, pop_conditional
 from .token_sampling import TokenSample
 
 __all__ = ["TokenDiffusion"]
@@ -132,25 +133,19 @@ class TokenDiffusion(GenerativeModel, SupportsLikelihood):
                     frozen: dict[str, TrainableModel] | None = None) -> "TokenDiffusion":
         """Build from a run config for a ``kind="tokens"`` dataset: the network gets ``vocab_size +
         extra_input_ids`` input ids and, if it takes ``out_size``, ``vocab_size`` outputs."""
-        from ..nn import NETWORKS, build_network
+        from ..nn import build_network
 
         if data.kind != "tokens" or data.vocab_size < cls.min_vocab_size:
             needs = "" if cls.min_vocab_size <= 1 else f" of at least {cls.min_vocab_size} symbols"
             raise ValueError(f"family {cls.family!r} needs token data (kind='tokens'){needs}, got {data.name!r} of "
                              f"kind {data.kind!r}")
         method = dict(method_cfg)
-        conditional = bool(method.pop("conditional", False))
-        if conditional and data.num_classes == 0:
-            raise ValueError(f"method.conditional=true but dataset {data.name!r} has no labels")
+        num_classes = pop_conditional(method, data)
         check_kwargs(cls, method, f"method option for family {cls.family!r}",
                      exclude=("net", "vocab_size", "num_classes", "data_shape"))
         model = dict(model_cfg)
         arch = model.pop("arch", "transformer")
-        check_choice(arch, NETWORKS, "model.arch")
-        if "out_size" in valid_kwargs(NETWORKS[arch]):
-            model.setdefault("out_size", data.vocab_size)
-        num_classes = data.num_classes if conditional else 0
         derived = {"vocab_size": data.vocab_size + cls.extra_input_ids, "seq_len": data.shape[0],
-                   "dim": data.shape[0], "num_classes": num_classes}
+                   "dim": data.shape[0], "num_classes": num_classes, "out_size": data.vocab_size}
         net = build_network(arch, derived, **model)
         return cls(net, data.vocab_size, data_shape=data.shape, num_classes=num_classes, **method)
