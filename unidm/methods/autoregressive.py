@@ -164,13 +164,8 @@ class AutoregressiveModel(DensityModel):
         raise NotImplementedError
 
     def _log_prob_index(self, idx: Tensor) -> Tensor:
-        logits = self.logits(self.codec.values(idx, self._dtype()))
+        logits = self.logits(self.codec.values(idx, self.dtype))
         return torch.log_softmax(logits, -1).gather(-1, idx[..., None]).squeeze(-1).sum(-1)
-
-    def _dtype(self) -> torch.dtype:
-        for p in self.parameters():
-            return p.dtype
-        return torch.float32
 
     # --- the density face ------------------------------------------------------------------------------------------
     def log_prob(self, x: Tensor) -> Tensor:
@@ -189,7 +184,7 @@ class AutoregressiveModel(DensityModel):
         gens = self.sample_generators(seeds, generator)
         idx = torch.zeros(n, self.dim, dtype=torch.long, device=self.device)
         for d in self.order.tolist():
-            idx[:, d] = sample_categorical(self.logits(self.codec.values(idx, self._dtype()))[:, d], gens)
+            idx[:, d] = sample_categorical(self.logits(self.codec.values(idx, self.dtype))[:, d], gens)
         return self.codec.to_data(idx)
 
     def likelihood(self, x: Tensor, *, method: str | None = None, num_levels: int | None = None,
@@ -355,7 +350,7 @@ class MADE(AutoregressiveModel):
             hidden = [layer.out_features for layer in self.layers[:-1]]
             self._masks[j] = made_masks(self.dim, hidden, self.levels, g, natural=j == 0 or not self.order_agnostic)
         order, masks = self._masks[j]
-        return order, [m.to(self.device, self._dtype()) for m in masks]
+        return order, [m.to(self.device, self.dtype) for m in masks]
 
     def logits(self, v: Tensor, mask: int = 0) -> Tensor:
         """Logits ``[B, D, K]`` under mask set ``mask``."""
@@ -368,7 +363,7 @@ class MADE(AutoregressiveModel):
     def log_prob_mask(self, x: Tensor, mask: int) -> Tensor:
         """``log p_j(x) [B]`` under the single mask set ``j = mask``."""
         idx = self.codec.to_index(x).to(self.device)
-        logits = self.logits(self.codec.values(idx, self._dtype()), mask)
+        logits = self.logits(self.codec.values(idx, self.dtype), mask)
         return torch.log_softmax(logits, -1).gather(-1, idx[..., None]).squeeze(-1).sum(-1)
 
     def log_prob(self, x: Tensor) -> Tensor:
@@ -392,7 +387,7 @@ class MADE(AutoregressiveModel):
         idx = torch.zeros(n, self.dim, dtype=torch.long, device=self.device)
         orders = torch.stack([self.mask_set(j)[0] for j in range(self.ensemble)]).to(self.device)  # [E, D]
         for t in range(self.dim):
-            v = self.codec.values(idx, self._dtype())
+            v = self.codec.values(idx, self.dtype)
             logits = torch.stack([self.logits(v, j) for j in range(self.ensemble)])  # [E, n, D, K]
             d = orders[pick, t]  # the coordinate each sample draws at step t
             rows = logits[pick, torch.arange(n, device=self.device), d]  # [n, K]

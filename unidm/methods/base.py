@@ -116,6 +116,13 @@ class TrainableModel(nn.Module):
             return t.device
         return torch.device("cpu")
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The weights' dtype (float32 for a model without parameters)."""
+        for t in self.parameters():
+            return t.dtype
+        return torch.float32
+
     # --- frozen sub-models -----------------------------------------------------------------------------------
     def add_frozen(self, name: str, module: nn.Module) -> None:
         """Attach ``module`` as a frozen sub-model reachable as ``self.<name>`` (see the class docstring)."""

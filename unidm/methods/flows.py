@@ -110,12 +110,6 @@ class FlowModel(DensityModel):
         """``x = f^-1(z)``, ``[B, *data_shape]``."""
         return self.flow.inverse(z)
 
-    @property
-    def dtype(self) -> torch.dtype:
-        for p in self.parameters():
-            return p.dtype
-        return torch.float32
-
     def check_data(self, x: Tensor) -> Tensor:
         """``x`` in the weights' dtype, or one line naming the shape this model takes."""
         if tuple(x.shape[1:]) != self.data_shape or x.ndim < 1:

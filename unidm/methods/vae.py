@@ -80,12 +80,9 @@ class VAE(DirectSampling, SupportsLikelihood):
         self.encoder = _mlp([self.dim] + [hidden] * depth + [2 * latent])
         self.decoder = _mlp([latent] + [hidden] * depth + [self.dim * self.levels])
 
-    def _dtype(self) -> torch.dtype:
-        return next(self.parameters()).dtype
-
     def encode(self, idx: Tensor) -> tuple[Tensor, Tensor]:
         """``(mu, log_var)`` ``[B, latent]`` each, of ``q(z | x)`` for the levels ``idx [B, D]``."""
-        mu, log_var = self.encoder(self.codec.values(idx, self._dtype())).chunk(2, dim=-1)
+        mu, log_var = self.encoder(self.codec.values(idx, self.dtype)).chunk(2, dim=-1)
         return mu, log_var
 
     def decode(self, z: Tensor) -> Tensor:
@@ -138,7 +135,7 @@ class VAE(DirectSampling, SupportsLikelihood):
         """``n`` ancestral samples ``[n, *data_shape]``: ``z ~ N(0, I)``, then ``x ~ p(x | z)``; with ``seeds`` sample
         ``i`` uses its seed's generator alone."""
         gens = self.sample_generators(seeds, generator)
-        z = randn((n, self.latent), gens, self._dtype(), self.device)
+        z = randn((n, self.latent), gens, self.dtype, self.device)
         return self.codec.to_data(sample_categorical(self.decode(z), gens))
 
     # --- the likelihood face --------------------------------------------------------------------------------------
