@@ -23,6 +23,7 @@ from ..processes.deletion import DELETION_SCHEDULES, delete_tokens
 from ..utils import as_options, check_choice, check_kwargs
 from .base import GenerativeModel, TrainableModel
 from .deletion_sampling import DELETION_SAMPLERS, DeletionSample
+from .token_base import training_times
 from .token_sampling import categorical
 
 __all__ = ["DeletionDiffusion", "DELETION_FAMILIES"]
@@ -135,9 +136,7 @@ class DeletionDiffusion(GenerativeModel):
         ``x_t ~ q(x_t | x0)``."""
         x0 = batch["x"].long()
         length0 = batch["length"].long() if "length" in batch else (x0 != self.pad_id).sum(-1)
-        b = x0.shape[0]
-        u = torch.rand((1,) if self.antithetic else (b,), generator=generator, dtype=torch.float64).to(x0.device)
-        t = (u + torch.arange(b, device=x0.device) / b) % 1.0 if self.antithetic else u
+        t = training_times(x0.shape[0], self.antithetic, x0.device, generator)
         alpha_t = self.schedule.alpha(t).clamp(0.0, 1.0)
         x_t = delete_tokens(x0, length0, alpha_t, self.pad_id, generator)
         return self.nll(x0, length0, x_t.x, x_t.length, alpha_t) / (self.max_len + 1)

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ..processes.absorbing import mask_tokens
+from ..rng import rand
 from .base import GenerativeModel
 from .masked_sampling import MASKED_SAMPLERS
 from .token_base import TokenDiffusion
@@ -109,7 +110,7 @@ class MaskedDiffusion(TokenDiffusion):
         x0 = x0.long()
         b = x0.shape[0]
         total = torch.zeros(b, dtype=torch.float64, device=x0.device)
-        offset = torch.rand(b, generator=generator, dtype=torch.float64).to(x0.device)
+        offset = rand((b,), generator, torch.float64, x0.device)
         for j in range(n_t):
             m = ((offset + j) / n_t).clamp_min(1e-9)  # 1 - alpha, stratified in (0, 1)
             x_t = mask_tokens(x0, 1 - m, self.mask_id, generator)

@@ -19,11 +19,26 @@ import torch
 from torch import Tensor, nn
 
 from ..processes.absorbing import MASKING_SCHEDULES, MaskingSchedule
+from ..rng import rand
 from ..utils import as_options, check_choice, check_kwargs
 from .base import GenerativeModel, SupportsLikelihood, TrainableModel, pop_conditional
 from .token_sampling import TokenSample
 
-__all__ = ["TokenDiffusion"]
+__all__ = ["TokenDiffusion", "training_times"]
+
+
+def training_times(b: int, antithetic: bool, device, generator: torch.Generator | None = None) -> Tensor:
+    """``[b]`` float64 uniforms in ``[0, 1)`` on ``device`` for a batch: stratified ``(u + i / b) mod 1`` from one
+    draw when ``antithetic`` (the low-discrepancy sampler of VDM, Kingma et al. 2021, App. I.2), else ``b``
+    independent draws; drawn on ``generator``'s own device (:func:`unidm.rng.rand`).
+
+    Example:
+        >>> t = training_times(4, True, "cpu", torch.Generator().manual_seed(0))
+        >>> sorted(((t * 4) // 1).long().tolist())  # one time in each quarter
+        [0, 1, 2, 3]
+    """
+    u = rand((1,) if antithetic else (b,), generator, torch.float64, device)
+    return (u + torch.arange(b, device=device) / b) % 1.0 if antithetic else u
 
 
 class TokenDiffusion(GenerativeModel, SupportsLikelihood):
@@ -67,10 +82,8 @@ class TokenDiffusion(GenerativeModel, SupportsLikelihood):
 
     # --- training ----------------------------------------------------------------------------------------------
     def training_times(self, b: int, device, generator: torch.Generator | None = None) -> Tensor:
-        """``[b]`` float64 uniforms in ``[0, 1)`` for a batch: stratified ``(u + i / b) mod 1`` from one draw when
-        ``antithetic``, else ``b`` independent draws."""
-        u = torch.rand((1,) if self.antithetic else (b,), generator=generator, device=device, dtype=torch.float64)
-        return (u + torch.arange(b, device=device) / b) % 1.0 if self.antithetic else u
+        """:func:`training_times` of a batch of ``b`` with this model's ``antithetic``."""
+        return training_times(b, self.antithetic, device, generator)
 
     def _labels(self, batch: dict[str, Tensor], generator) -> Tensor | None:
         if self.num_classes == 0:

@@ -238,7 +238,7 @@ class UniformDiffusion(TokenDiffusion):
         every step once). Bits per token: ``nelbo / (L log 2)``."""
         x0 = x0.long()
         b = x0.shape[0]
-        offset = torch.rand(b, generator=generator, dtype=torch.float64).to(x0.device)
+        offset = rand((b,), generator, torch.float64, x0.device)
         total = torch.zeros(b, dtype=torch.float64, device=x0.device)
         for j in range(n_t):
             k = (((offset + j) / n_t) * self.num_steps).long().clamp(0, self.num_steps - 1) + 1
