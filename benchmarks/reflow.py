@@ -4,6 +4,9 @@ and OT-CFM with the same network and wall time), at 1, 2, 4 and 8 Euler steps, w
     python benchmarks/reflow.py [--quick] [--datasets moons gmm-ring checkerboard digits] [--steps 1000]
                                 [--reflow-steps 600] [--pairs 6000] [--n-eval 2000] [--sb-reg 0.5] [--threads 1]
                                 [--reflow-noise-levels uniform-t] [--keep DIR [--reuse]] [--json NAME]
+                                [--hidden 128] [--parent-overrides K=V ...] [--reflow-overrides K=V ...]
+                                [--distill-steps N] [--distill-overrides K=V ...] [--distill-from 2-RF|3-RF]
+                                [--rows ... 2-RF* 2-RF*+D1]
 
 Every row trains through the command line (``unidm train`` / ``unidm reflow`` / ``unidm distill``) from the
 ``<data>-flow`` preset (toys: the preset's MLP at 128 wide and batch 256, so the whole benchmark fits a small CPU
@@ -25,7 +28,11 @@ resampled floor and C2ST accuracy (0.5 = indistinguishable). ``ref`` is the 1-RF
 sampler (for digits 20 NFE of DPM-Solver++(2M); for the toys Heun 64 steps). Straightness ``S`` and transport cost
 along each model's ODE (64 Euler steps; :func:`unidm.evaluation.straightness.flow_report`). Goals: one-step 2-RF +
 distill digits within 2x the parent's 20-NFE Fréchet distance; the mixture's one-step cross-entropy gap within 0.1.
-Results: ``benchmarks/results/reflow[-quick].json``.
+For a mixture, also the share of samples between the components (``leak``: below the true law's 0.1% log-density
+quantile) and the gap of the rest (``ce_gap_inside``), and each parent's gap at the pairs' adaptive solver (the
+ends ``x1`` of its pairs). The rows ``2-RF*`` / ``2-RF*+D1`` (only on request) replace 1-RF's coupling by the
+mixture's exact ODE (its oracle denoiser, same seeds and solver): what reflow and distillation reach with a
+perfect parent. Results: ``benchmarks/results/reflow[-quick].json``.
 """
 
 from __future__ import annotations
@@ -51,7 +58,11 @@ from unidm.train import EMA
 NFES = (1, 2, 4, 8)
 SEED = 10_000
 ROWS = ("1-RF", "OT", "SB", "2-RF", "3-RF", "2-RF+D1", "I-CFM", "OT-CFM")
-TOY_MODEL = ["model.hidden=128", "train.batch_size=256"]
+#: rows on the exact parent (mixtures only, with --rows): ``2-RF*`` reflows 1-RF's weights on the pairs of the
+#: mixture's exact probability-flow ODE (the oracle denoiser, same seeds and solver), ``2-RF*+D1`` distils 2-RF*
+#: on those pairs; they separate the parent's error from reflow's and distillation's own
+EXACT_ROWS = ("2-RF*", "2-RF*+D1")
+UNIDM_ROWS = ("1-RF", "OT", "SB", "2-RF", "3-RF", "2-RF+D1", *EXACT_ROWS)
 
 
 def _quiet(args: list[str]) -> int:
@@ -72,6 +83,7 @@ def _train_seconds(run_dir: str) -> float:
 
 
 _FLOORS: dict = {}
+_LEAK: dict = {}
 
 
 def _quality(samples: torch.Tensor, data) -> dict:
@@ -93,7 +105,16 @@ def _quality(samples: torch.Tensor, data) -> dict:
     out = {"sw2": sw2, "sw2_floor": _FLOORS[key], "sw2_ratio": sw2 / _FLOORS[key]}
     oracle = data.meta.get("oracle")
     if oracle is not None:
-        out["ce_gap"] = float(-oracle.log_prob(samples.double()).mean()) - oracle.entropy()
+        lp = oracle.log_prob(samples.double())
+        out["ce_gap"] = float(-lp.mean()) - oracle.entropy()
+        # where the gap comes from: the share of samples below the true law's 0.1% log-density quantile (between
+        # the components), and the gap of the others
+        if data.name not in _LEAK:
+            _LEAK[data.name] = float(oracle.log_prob(oracle.sample(
+                200_000, generator=torch.Generator().manual_seed(0))).quantile(1e-3))
+        inside = lp >= _LEAK[data.name]
+        out["leak"] = 1 - float(inside.double().mean())
+        out["ce_gap_inside"] = float(-lp[inside].mean()) - oracle.entropy()
     return out
 
 
@@ -109,6 +130,35 @@ def _unidm_row(run_dir: str, n: int) -> dict:
         row[f"nfe{k}"] = _quality(x, data)
     row.update(flow_report(model, n, seeds=seeds, steps=64, **labels))
     return row
+
+
+def _pairs_gap(folder: str, data) -> float | None:
+    """The cross-entropy gap of a pairs folder's ends ``x1`` (the parent at the pairs' solver, adaptive by
+    default) under the mixture's true density; None without a density or pairs."""
+    from unidm.data.pairs import read_manifest, read_pairs
+
+    oracle = data.meta.get("oracle")
+    if oracle is None or not os.path.isfile(os.path.join(folder, "pairs.json")):
+        return None
+    x1 = read_pairs(folder, read_manifest(folder)["digest"])["x1"]
+    return float(-oracle.log_prob(x1.double()).mean()) - oracle.entropy()
+
+
+def _exact_pairs(parent_dir: str, folder: str, n: int, chunk: int) -> None:
+    """Pairs ``(z, x1)`` of the mixture's exact probability-flow ODE (its oracle denoiser) for the seeds and
+    solver a reflow of ``parent_dir`` would use, filed under that parent's weights digest so that ``unidm reflow
+    / distill --pairs-from`` take them: a measurement device for the exact parent, nothing more."""
+    from unidm.pairs import coupling_pairs, pairs_spec, write_pairs
+
+    run = load_run(parent_dir)
+    oracle = run.data.meta["oracle"]
+    spec = pairs_spec(run.model, parent_dir, n, 0, "adaptive", None, chunk)
+
+    def make_chunk(seeds: range) -> dict:
+        z, x1 = coupling_pairs(oracle, run.model.process, seeds, run.model.data_shape)
+        return {"z": z.float(), "x1": x1.float()}
+
+    write_pairs(folder, spec, make_chunk, progress=False)
 
 
 def _reference(run_dir: str, n: int) -> dict:
@@ -181,7 +231,7 @@ def run_dataset(name: str, root: str, args) -> dict:
     preset = f"{name}-flow"
     image = name == "digits"
     base = ["train.progress=false", f"train.num_threads={args.threads}", "train.log_every=100", "sample.n=200",
-            "train.ckpt_every=100000", *([] if image else TOY_MODEL)]
+            "train.ckpt_every=100000", *([] if image else [f"model.hidden={args.hidden}", "train.batch_size=256"])]
     d = lambda row: os.path.join(root, name, row)  # noqa: E731
     cls = "-class" if image else ""
     out: dict = {"preset": preset, "rows": {}}
@@ -191,26 +241,41 @@ def run_dataset(name: str, root: str, args) -> dict:
         if row in args.rows and not (args.reuse and os.path.isfile(os.path.join(d(row), "model.safetensors"))):
             _quiet([*cmd, "--out", d(row)])
 
-    once("1-RF", "train", preset, f"train.steps={args.steps}", *base)
+    once("1-RF", "train", preset, f"train.steps={args.steps}", *base, *args.parent_overrides)
     once("OT", "train", preset, f"train.steps={args.steps}", f"method.coupling=ot{cls}", *base)
     once("SB", "train", preset, f"train.steps={args.steps}", f"method.coupling=sb{cls}",
          f"method.coupling_reg={args.sb_reg}", *base)
-    pairs = ["--pairs", str(args.pairs), "--chunk-size", str(min(args.pairs, 2000)), f"train.steps={args.reflow_steps}",
-             "train.warmup=0", *base]
+    chunk = str(min(args.pairs, 2000))
+    pairs = ["--pairs", str(args.pairs), "--chunk-size", chunk, "train.warmup=0", *base]
     levels = [f"method.noise_levels={args.reflow_noise_levels}"] if args.reflow_noise_levels else []
-    once("2-RF", "reflow", d("1-RF"), *pairs, *levels)
-    once("3-RF", "reflow", d("2-RF"), *pairs, *levels)
-    shared = ["--pairs-from", d("3-RF")] if "3-RF" in args.rows else []
-    once("2-RF+D1", "distill", d("2-RF"), "--steps", "1", *shared, *pairs)
+    reflow = [*pairs, f"train.steps={args.reflow_steps}", *levels, *args.reflow_overrides]
+    distill = [*pairs, f"train.steps={args.distill_steps or args.reflow_steps}", *args.distill_overrides]
+    once("2-RF", "reflow", d("1-RF"), *reflow)
+    once("3-RF", "reflow", d("2-RF"), *reflow)
+    src = d(args.distill_from)
+    shared = ["--pairs-from", d("3-RF")] if "3-RF" in args.rows and args.distill_from == "2-RF" else []
+    once("2-RF+D1", "distill", src, "--steps", "1", *shared, *distill)
+    if any(r in args.rows for r in EXACT_ROWS):  # the exact parent's coupling (a mixture's oracle)
+        _exact_pairs(d("1-RF"), d("exact-pairs-1"), args.pairs, int(chunk))
+        once("2-RF*", "reflow", d("1-RF"), "--pairs-from", d("exact-pairs-1"), *reflow)
+        if "2-RF*+D1" in args.rows:
+            _exact_pairs(d("2-RF*"), d("exact-pairs-2"), args.pairs, int(chunk))
+            once("2-RF*+D1", "distill", d("2-RF*"), "--steps", "1", "--pairs-from", d("exact-pairs-2"), *distill)
     out["train_minutes"] = (time.perf_counter() - t0) / 60
-    for row in [r for r in ROWS[:6] if r in args.rows]:
+    data = load_run(d("1-RF")).data
+    gaps = {"1-RF": _pairs_gap(os.path.join(d("2-RF"), "pairs"), data),
+            "2-RF": _pairs_gap(os.path.join(d("3-RF"), "pairs"), data) if args.distill_from == "2-RF" else None,
+            "exact": _pairs_gap(d("exact-pairs-1"), data)}
+    if any(v is not None for v in gaps.values()):
+        out["pairs_gap"] = gaps  # each parent at the pairs' adaptive solver
+    for row in [r for r in UNIDM_ROWS if r in args.rows]:
         out["rows"][row] = _unidm_row(d(row), args.n_eval)
         print(f"  {name} {row} done", flush=True)
     out["ref"] = _reference(d("1-RF"), args.n_eval)
     cfg = get_preset(preset)
     from unidm.config import apply_overrides
 
-    cfg = apply_overrides(cfg, [f"train.steps={args.steps}", *base])
+    cfg = apply_overrides(cfg, [f"train.steps={args.steps}", *base, *args.parent_overrides])
     seconds = out["rows"]["1-RF"]["train_seconds"]
     for row in [r for r in ROWS[6:] if r in args.rows]:
         r = _cfm_row(cfg, row, seconds, args.n_eval)
@@ -241,6 +306,9 @@ def print_table(results: dict) -> None:
             print(f"{row:9s} " + " ".join(f"{_fmt_quality(r[f'nfe{k}']):>13s}" for k in NFES)
                   + f" {r.get('straightness', float('nan')):13.4f} {r.get('transport_cost', float('nan')):10.3f}"
                   f" {r['train_seconds']:8.1f}")
+        if "pairs_gap" in res:
+            print("pairs' gap (each parent through the adaptive solver): "
+                  + ", ".join(f"{k} {v:+.3f}" for k, v in res["pairs_gap"].items() if v is not None))
         if "torchcfm" in res:
             print(f"torchcfm: {res['torchcfm']}")
 
@@ -261,8 +329,19 @@ def main() -> None:
                    help="training times of 2-RF and 3-RF (Liu et al.: uniform); '' keeps the parent's (the flow "
                         "presets' logit-normal, which rarely trains the velocity near t = 1 where a one-step Euler "
                         "reads it)")
-    p.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS,
-                   help="the rows to train and evaluate (1-RF is always needed)")
+    p.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS + EXACT_ROWS,
+                   help="the rows to train and evaluate (1-RF is always needed; 2-RF* and 2-RF*+D1, the exact "
+                        "mixture ODE as parent, only on request and only for a mixture)")
+    p.add_argument("--hidden", type=int, default=128, help="the toys' MLP width")
+    p.add_argument("--parent-overrides", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="extra overrides of 1-RF (and the torchcfm rows), e.g. train.batch_size=512")
+    p.add_argument("--reflow-overrides", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="extra overrides of the reflow runs, e.g. train.lr=5e-4")
+    p.add_argument("--distill-steps", type=int, help="training steps of the student (default: --reflow-steps)")
+    p.add_argument("--distill-overrides", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="extra overrides of the student, e.g. train.ema_decay=0")
+    p.add_argument("--distill-from", default="2-RF", choices=("2-RF", "3-RF"),
+                   help="the student's teacher (3-RF: on pairs drawn from 3-RF)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--keep", help="keep the runs in this folder (default: a temporary folder, removed)")
     p.add_argument("--reuse", action="store_true", help="with --keep: evaluate the finished runs found there instead "
