@@ -88,3 +88,23 @@ def test_resume_under_torchrun_is_bitwise(two_proc, tmp_path):
     assert param_digest(a.model) == param_digest(b.model) and param_digest(a.ema) == param_digest(b.ema)
     assert a.extra["param_digests"] == b.extra["param_digests"]
     assert _losses(run) == _losses(two_proc)
+
+
+def test_minibatch_ot_coupling_is_solved_per_shard_as_one_process_solves_per_micro_batch(tmp_path):
+    """``method.coupling=ot`` under torchrun: each rank couples its own shard with its own generator, so 2 processes
+    x 1 micro-batch train exactly what 1 process x 2 micro-batches does (each micro-batch coupled on its own)."""
+    args = ["moons-flow", "method.coupling=ot", *ARGS[1:]]
+    args = [a for a in args if not a.startswith(("train.steps=", "train.ckpt_every="))]
+    args += ["train.steps=6", "train.ckpt_every=6"]
+    two = str(tmp_path / "two")
+    _torchrun(two, *args)
+    one = str(tmp_path / "one")
+    shutil.copytree(os.path.join(two, "state", "step_00000000"), os.path.join(one, "state", "step_00000000"))
+    cfg = _config(two, "train.grad_accum=2")
+    assert cfg.method["coupling"] == "ot"
+    data = build_data(cfg)
+    train(build_model(cfg, data), data, cfg.train, one, resume=True, log=lambda s: None)
+    l2, l1 = _losses(two), _losses(one)
+    assert [s for s, _ in l2] == [s for s, _ in l1] == list(range(1, 7))
+    torch.testing.assert_close(torch.tensor([x for _, x in l1], dtype=torch.float64),
+                               torch.tensor([x for _, x in l2], dtype=torch.float64), rtol=1e-6, atol=1e-9)
