@@ -60,18 +60,23 @@ def test_both_ranks_hold_identical_weights(two_proc):
         assert ck.extra["param_digests"] == [param_digest(ck.model)] * 2
 
 
-def test_loss_curve_and_weights_match_one_process_with_the_same_global_batch(two_proc, tmp_path):
-    # one process, same global batch of 64, as 2 micro-batches, from the same initial weights (the step-0 checkpoint)
-    one = str(tmp_path / "one")
-    shutil.copytree(os.path.join(two_proc, "state", "step_00000000"), os.path.join(one, "state", "step_00000000"))
-    cfg = _config(two_proc, "train.grad_accum=2")
+def _one_process_of(two: str, one: str, steps: int):
+    """Train ``one`` as one process with the same global batch as the 2-process run ``two``, as 2 micro-batches,
+    from the same initial weights (the step-0 checkpoint); assert the logged losses match; return the config."""
+    shutil.copytree(os.path.join(two, "state", "step_00000000"), os.path.join(one, "state", "step_00000000"))
+    cfg = _config(two, "train.grad_accum=2")
     data = build_data(cfg)
     train(build_model(cfg, data), data, cfg.train, one, resume=True, log=lambda s: None)
-
-    l2, l1 = _losses(two_proc), _losses(one)
-    assert [s for s, _ in l2] == [s for s, _ in l1] == list(range(1, 21))
+    l2, l1 = _losses(two), _losses(one)
+    assert [s for s, _ in l2] == [s for s, _ in l1] == list(range(1, steps + 1))
     torch.testing.assert_close(torch.tensor([x for _, x in l1], dtype=torch.float64),
                                torch.tensor([x for _, x in l2], dtype=torch.float64), rtol=1e-6, atol=1e-9)
+    return cfg
+
+
+def test_loss_curve_and_weights_match_one_process_with_the_same_global_batch(two_proc, tmp_path):
+    one = str(tmp_path / "one")
+    _one_process_of(two_proc, one, 20)
     w2, w1 = load_checkpoint(list_checkpoints(two_proc)[-1]), load_checkpoint(list_checkpoints(one)[-1])
     for k, v in w2.model.items():
         # only the reduction order differs (with 2 ranks it is bitwise equal in practice; the test allows rounding)
@@ -98,13 +103,4 @@ def test_minibatch_ot_coupling_is_solved_per_shard_as_one_process_solves_per_mic
     args += ["train.steps=6", "train.ckpt_every=6"]
     two = str(tmp_path / "two")
     _torchrun(two, *args)
-    one = str(tmp_path / "one")
-    shutil.copytree(os.path.join(two, "state", "step_00000000"), os.path.join(one, "state", "step_00000000"))
-    cfg = _config(two, "train.grad_accum=2")
-    assert cfg.method["coupling"] == "ot"
-    data = build_data(cfg)
-    train(build_model(cfg, data), data, cfg.train, one, resume=True, log=lambda s: None)
-    l2, l1 = _losses(two), _losses(one)
-    assert [s for s, _ in l2] == [s for s, _ in l1] == list(range(1, 7))
-    torch.testing.assert_close(torch.tensor([x for _, x in l1], dtype=torch.float64),
-                               torch.tensor([x for _, x in l2], dtype=torch.float64), rtol=1e-6, atol=1e-9)
+    assert _one_process_of(two, str(tmp_path / "one"), 6).method["coupling"] == "ot"
