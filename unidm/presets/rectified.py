@@ -11,6 +11,10 @@ Reflow and distillation start from any trained flow run (docs/rectified_flow.md)
     unidm distill runs/moons-2rf --out runs/moons-2rf-d1 --steps 1 --pairs 20000 train.steps=2000
     unidm sample runs/moons-2rf-d1 --steps 1
 
+On the ``gmm-ring`` mixture a one-step student within 0.1 nats of the true entropy needs the preset's own parent
+and longer reflows (``--pairs 30000 train.steps=3000``; docs/rectified_flow.md, "the mixture's one-step gap"):
+the reflow recipe is flags of ``unidm reflow`` / ``unidm distill``, not a preset.
+
 ``moons-flow-distill`` is the student's family as a preset (``method.teacher=RUN`` a trained ``moons-flow`` run;
 without stored pairs it distils on pairs the teacher draws on the fly). ``TEACHERS`` names the teacher's preset.
 """
