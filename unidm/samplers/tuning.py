@@ -19,7 +19,11 @@ differences through the very samplers that sample, ``2 (K - 1)`` K-step solves p
 several start grids (``starts``) found the same optimum there (``docs/samplers.md``). The error of a few-step
 solution on multimodal data is dominated by the rare noises that end near a boundary between modes, so a grid fit
 to few noises overfits: held-out noises (``holdout``) check the fit, and the start grid is kept if the tuned one is
-worse on them. Deterministic: the noises come from ``seed`` and neither search draws random numbers.
+worse on them. More noises generalise better where the denoiser is cheap (the 2-D mixture at 10 NFE: fresh error
+1.17x, 1.11x, 0.93x, 0.92x the best diffusers anchor's with 1000, 3000, 10000, 20000 noises). The objective is the
+RMSE over all samples and coordinates, the benchmark's metric; the mean of per-sample RMSEs, which weighs those rare
+noises less, gave grids worse on it for every solver tried. Deterministic: the noises come from ``seed`` and
+neither search draws random numbers.
 """
 
 from __future__ import annotations
