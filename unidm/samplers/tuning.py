@@ -122,6 +122,25 @@ def logits_from_grid(grid: Tensor, sigma_floor: float) -> Tensor:
 
 
 # ---- optimiser ----------------------------------------------------------------------------------------------------
+class _Counted:
+    """An objective as the optimisers call it: counts evaluations, calls ``on_eval`` before each, reads a
+    non-finite value as ``inf`` and keeps the best point evaluated."""
+
+    def __init__(self, f: Callable[[Tensor], float], on_eval: Callable[[], None] | None):
+        self.f, self.on_eval = f, on_eval
+        self.evals, self.best, self.best_x = 0, math.inf, None
+
+    def __call__(self, x: Tensor) -> float:
+        self.evals += 1
+        if self.on_eval is not None:
+            self.on_eval()
+        v = self.f(x)
+        v = v if math.isfinite(v) else math.inf
+        if v < self.best:
+            self.best, self.best_x = v, x.clone()
+        return v
+
+
 def nelder_mead(f: Callable[[Tensor], float], x0: Tensor, step: float = 0.5, max_evals: int = 400,
                 xtol: float = 1e-4, ftol: float = 1e-7, on_eval: Callable[[], None] | None = None
                 ) -> tuple[Tensor, float, int]:
@@ -131,19 +150,11 @@ def nelder_mead(f: Callable[[Tensor], float], x0: Tensor, step: float = 0.5, max
     (relative). Returns ``(x_best, f_best, evaluations)``."""
     n = x0.numel()
     a, g, c, s = 1.0, 1.0 + 2.0 / n, 0.75 - 0.5 / n, 1.0 - 1.0 / n
-    evals = 0
-
-    def F(x: Tensor) -> float:
-        nonlocal evals
-        evals += 1
-        if on_eval is not None:
-            on_eval()
-        v = f(x)
-        return v if math.isfinite(v) else math.inf
+    F = _Counted(f, on_eval)
 
     pts = [x0.clone()] + [x0 + step * torch.eye(n, dtype=x0.dtype)[i] for i in range(n)]
     vals = [F(p) for p in pts]
-    while evals < max_evals:
+    while F.evals < max_evals:
         order = sorted(range(n + 1), key=lambda i: vals[i])
         pts, vals = [pts[i] for i in order], [vals[i] for i in order]
         spread_x = max(float((p - pts[0]).abs().max()) for p in pts[1:])
@@ -169,7 +180,7 @@ def nelder_mead(f: Callable[[Tensor], float], x0: Tensor, step: float = 0.5, max
                     pts[i] = pts[0] + s * (pts[i] - pts[0])
                     vals[i] = F(pts[i])
     i = min(range(n + 1), key=lambda j: vals[j])
-    return pts[i], vals[i], evals
+    return pts[i], vals[i], F.evals
 
 
 def lbfgs(f: Callable[[Tensor], float], x0: Tensor, h: float = 1e-5, max_evals: int = 400,
@@ -181,19 +192,8 @@ def lbfgs(f: Callable[[Tensor], float], x0: Tensor, h: float = 1e-5, max_evals: 
     import numpy as np
     from scipy.optimize import minimize
 
-    n, evals = x0.numel(), 0
-    best = [x0.clone(), math.inf]
-
-    def F(x: Tensor) -> float:
-        nonlocal evals
-        evals += 1
-        if on_eval is not None:
-            on_eval()
-        v = f(x)
-        v = v if math.isfinite(v) else math.inf
-        if v < best[1]:
-            best[0], best[1] = x.clone(), v
-        return v
+    n = x0.numel()
+    F = _Counted(f, on_eval)
 
     f0 = F(x0)
     scale = f0 if math.isfinite(f0) and f0 > 0 else 1.0
@@ -202,7 +202,7 @@ def lbfgs(f: Callable[[Tensor], float], x0: Tensor, h: float = 1e-5, max_evals: 
     def fun(z):
         zt = torch.from_numpy(np.array(z, dtype=np.float64))
         v = F(zt) / scale
-        if not math.isfinite(v) or evals + 2 * n > max_evals:
+        if not math.isfinite(v) or F.evals + 2 * n > max_evals:
             return (v if math.isfinite(v) else big), np.zeros(n)
         g = np.zeros(n)
         for i in range(n):
@@ -215,7 +215,7 @@ def lbfgs(f: Callable[[Tensor], float], x0: Tensor, h: float = 1e-5, max_evals: 
     minimize(fun, x0.numpy().astype(np.float64), jac=True, method="L-BFGS-B", bounds=[(-30.0, 30.0)] * n,
              options={"maxiter": max(1, max_evals // (2 * n + 1)), "maxfun": max(1, max_evals // (2 * n + 1)),
                       "ftol": 1e-10, "gtol": 1e-8})
-    return best[0], best[1], evals
+    return F.best_x if F.best_x is not None else x0.clone(), F.best, F.evals
 
 
 # ---- the objective --------------------------------------------------------------------------------------------------
